@@ -1,0 +1,42 @@
+# The three commands of the README. Each installs what it needs first.
+PYTHON ?= python3
+TOOLS  := .tools
+UV     := $(TOOLS)/bin/uv
+VENV   := .venv
+HASTACK := $(VENV)/bin/hastack
+
+.PHONY: up down test unit e2e lint deps bench clean
+
+up: deps
+	$(HASTACK) up $(if $(TOPOLOGY),-t $(TOPOLOGY))
+
+down: deps
+	$(HASTACK) down
+
+test: deps lint
+	$(VENV)/bin/pytest -q tests/unit site/tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
+
+unit: deps
+	$(VENV)/bin/pytest -q tests/unit site/tests
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench site
+
+bench: deps
+	$(VENV)/bin/python bench/lab_lifecycle.py
+
+deps: $(VENV)/.synced
+	@scripts/host-deps.sh
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==0.5.14
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock site/pyproject.toml
+	$(UV) sync --frozen --quiet
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e 'site[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(TOOLS)

@@ -1,0 +1,72 @@
+"""Builds the Flask app: config, database router and the headers every response carries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from flask import Flask, g, request
+
+from foobar import errors, metrics, ops, views
+from foobar.config import Config
+from foobar.context import Site
+from foobar.db.gtid import GtidCookie
+from foobar.db.nodes import PRIMARY, REPLICA, Node
+from foobar.db.router import Router
+
+MAX_REQUEST_BYTES = 16 * 1024
+
+_HTML_POLICY = (
+    "default-src 'self'; img-src 'self'; style-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def build_router(config: Config) -> Router:
+    settings = config.db.connect_settings()
+    return Router(
+        Node(config.db.primary, PRIMARY, settings),
+        [Node(address, REPLICA, settings) for address in config.db.replicas],
+        max_lag=config.max_replica_lag,
+        gtid_wait_timeout=config.gtid_wait_timeout,
+        check_interval=config.replica_check_interval,
+        events=metrics.PrometheusEvents(),
+    )
+
+
+def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
+    """config: a Config, a mapping shaped like the environment, or None for os.environ."""
+    if not isinstance(config, Config):
+        config = Config.from_env(config)
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=config.secret_key, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
+    app.extensions["foobar"] = Site(config, build_router(config), GtidCookie(config.secret_key))
+
+    app.register_blueprint(views.bp)
+    app.register_blueprint(ops.bp)
+    errors.register(app)
+
+    @app.before_request
+    def start_clock():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def stamp(response):
+        response.headers["X-App"] = config.machine
+        node = g.get("db_node")
+        if node is not None:
+            response.headers["X-DB"] = node.name
+            response.headers["X-DB-Role"] = node.role
+            response.headers["Cache-Control"] = "no-store"
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy", _HTML_POLICY)
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+        route = request.url_rule.rule if request.url_rule else "<unmatched>"
+        started = g.get("started", time.perf_counter())
+        metrics.observe_request(
+            route, request.method, response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    return app

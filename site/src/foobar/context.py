@@ -1,0 +1,30 @@
+"""The per-app state views reach through current_app, kept apart to avoid import cycles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app, g
+
+from foobar.config import Config
+from foobar.db.gtid import GtidCookie
+from foobar.db.nodes import Node
+from foobar.db.router import Router
+
+
+@dataclass
+class Site:
+    """What the views need besides the request: settings, router and cookie signer."""
+
+    config: Config
+    router: Router
+    gtid_cookie: GtidCookie
+
+
+def current_site() -> Site:
+    return current_app.extensions["foobar"]
+
+
+def answered_by(node: Node) -> None:
+    """Note which database node answered, for the X-DB / X-DB-Role headers."""
+    g.db_node = node

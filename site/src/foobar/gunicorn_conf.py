@@ -1,0 +1,60 @@
+"""gunicorn settings: `gunicorn -c python:foobar.gunicorn_conf foobar.wsgi:app`.
+
+Environment: FOOBAR_BIND (default 127.0.0.1:8000), FOOBAR_WORKERS (upper bound on the
+worker count), PROMETHEUS_MULTIPROC_DIR (a private temp dir if unset; the systemd unit
+should point it at a RuntimeDirectory so it is emptied on every restart).
+"""
+
+import multiprocessing
+import os
+import tempfile
+
+
+def _metrics_dir() -> str:
+    # Must be in the environment before any worker imports prometheus_client: the client
+    # picks its multi-process value store at import time.
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="foobar-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _workers() -> int:
+    wanted = 2 * multiprocessing.cpu_count() + 1
+    cap = os.environ.get("FOOBAR_WORKERS", "").strip()
+    if cap:
+        if not cap.isdigit() or int(cap) < 1:
+            raise SystemExit(f"FOOBAR_WORKERS must be a positive integer, got {cap!r}")
+        wanted = min(wanted, int(cap))
+    return wanted
+
+
+METRICS_DIR = _metrics_dir()
+
+bind = [os.environ.get("FOOBAR_BIND", "127.0.0.1:8000")]
+workers = _workers()
+worker_class = "gthread"
+threads = 2
+timeout = 30
+# On SIGTERM finish in-flight requests (nginx retries the rest on another app machine).
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s" xff="%({x-forwarded-for}i)s"'
+proc_name = "foobar-site"
+
+
+def on_starting(server):
+    """Samples left by a previous run would otherwise be added to this run's totals."""
+    for name in os.listdir(METRICS_DIR):
+        if name.endswith(".db"):
+            os.remove(os.path.join(METRICS_DIR, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

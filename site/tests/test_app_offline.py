@@ -1,0 +1,126 @@
+"""App behaviour that needs no database: probes, errors, bad input, static files, metrics.
+
+The settings point at ports nothing listens on, so these also show that a dead database
+gives clean 503s and that bad input is refused before any database work.
+"""
+
+import json
+
+import pytest
+
+
+def test_healthz_is_ok_without_a_database(offline_client):
+    response = offline_client.get("/healthz")
+    assert response.status_code == 200
+    assert response.text == "ok\n"
+    assert response.headers["X-App"] == "app9"
+
+
+def test_readyz_is_503_and_describes_each_node(offline_client):
+    response = offline_client.get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["ready"] is False and body["machine"] == "app9"
+    assert [n["role"] for n in body["nodes"]] == ["primary", "replica"]
+    assert all(n["ok"] is False and n["error"] for n in body["nodes"])
+
+
+def test_database_down_is_a_503_not_a_500(offline_client):
+    page = offline_client.get("/")
+    assert page.status_code == 503
+    assert page.mimetype == "text/html"
+    assert page.headers["X-App"] == "app9"
+    assert page.headers["Retry-After"] == "1"
+    api = offline_client.get("/api/messages")
+    assert api.status_code == 503
+    assert api.get_json()["status"] == 503
+    post = offline_client.post("/messages", json={"author": "a", "body": "b"})
+    assert post.status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        ("{not json", "application/json", 400),
+        ("", "application/json", 400),
+        ("[1, 2]", "application/json", 400),
+        ('"just a string"', "application/json", 400),
+        (b"\xff\xfe\xfa", "application/json", 400),
+        ("[" * 5000 + "]" * 5000, "application/json", 400),
+        ('{"author": 1, "body": "x"}', "application/json", 422),
+        ('{"author": "a"}', "application/json", 422),
+        ('{"author": "a", "body": null}', "application/json", 422),
+        ('{"author": "a", "body": {"$gt": ""}}', "application/json", 422),
+        ("author=a&body=b", "text/plain", 415),
+    ],
+)
+def test_bad_posts_are_clean_4xx(offline_client, body, content_type, status):
+    response = offline_client.post("/messages", data=body, content_type=content_type)
+    assert response.status_code == status
+    assert response.headers["X-App"] == "app9"
+    assert "X-DB" not in response.headers
+    if status == 422:
+        error = response.get_json()
+        assert error["field"] in ("author", "body")
+        assert error["field"] in error["message"]
+
+
+def test_oversize_body_is_413(offline_client):
+    big = json.dumps({"author": "a", "body": "x" * 17000})
+    assert offline_client.post("/messages", data=big, content_type="application/json").status_code == 413
+    form = offline_client.post("/messages", data={"author": "a", "body": "x" * 17000})
+    assert form.status_code == 413
+    assert form.mimetype == "text/html"
+
+
+def test_unknown_routes_are_404_html_or_json(offline_client):
+    page = offline_client.get("/no/such/page")
+    assert (page.status_code, page.mimetype) == (404, "text/html")
+    assert "404" in page.text and page.headers["X-App"] == "app9"
+    api = offline_client.get("/api/nope")
+    assert (api.status_code, api.mimetype) == (404, "application/json")
+    assert api.get_json()["status"] == 404
+    assert offline_client.get("/api/messages/abc").status_code == 404
+    assert offline_client.get("/api/messages/-1").status_code == 404
+
+
+def test_wrong_methods_are_405_with_allow(offline_client):
+    page = offline_client.delete("/")
+    assert (page.status_code, page.mimetype) == (405, "text/html")
+    assert "GET" in page.headers["Allow"]
+    api = offline_client.put("/api/messages", json={})
+    assert (api.status_code, api.mimetype) == (405, "application/json")
+    assert offline_client.get("/messages").status_code == 405
+
+
+@pytest.mark.parametrize("limit", ["0", "201", "x", "-5", "99999999999999999999"])
+def test_bad_limit_is_400(offline_client, limit):
+    response = offline_client.get(f"/api/messages?limit={limit}")
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "limit"
+
+
+@pytest.mark.parametrize(
+    ("path", "mimetype"), [("/static/style.css", "text/css"), ("/static/logo.svg", "image/svg+xml")]
+)
+def test_static_files(offline_client, path, mimetype):
+    response = offline_client.get(path)
+    assert response.status_code == 200
+    assert response.mimetype == mimetype
+    assert response.headers["X-App"] == "app9"
+
+
+def test_metrics_are_exposed(offline_client):
+    offline_client.get("/healthz")
+    offline_client.get("/nowhere")
+    text = offline_client.get("/metrics").text
+    assert 'foobar_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+    assert 'route="<unmatched>",status="404"' in text
+    assert "foobar_http_request_duration_seconds_bucket" in text
+    for name in (
+        "foobar_db_queries_total",
+        "foobar_read_your_writes_waits_total",
+        "foobar_read_your_writes_timeouts_total",
+        "foobar_replica_fallbacks_total",
+    ):
+        assert f"# HELP {name.removesuffix('_total')}" in text

@@ -1,0 +1,107 @@
+"""Migrations against the real primary: idempotent, serialised, replicated."""
+
+import threading
+
+import pytest
+from mariadb_lab import DB_NAME
+
+from foobar import migrate as migrate_module
+from foobar.migrate import MIGRATIONS, Migration, MigrationError, check_order, main, migrate
+
+SCRATCH_DB = f"{DB_NAME}_migrations"
+LATEST = [m.version for m in MIGRATIONS]
+
+
+def reset_scratch_db(lab):
+    lab.primary.sql(
+        f"DROP TABLE IF EXISTS `{SCRATCH_DB}`.messages",
+        f"DROP TABLE IF EXISTS `{SCRATCH_DB}`.schema_migrations",
+    )
+
+
+def test_migrations_apply_once_and_are_idempotent(lab):
+    reset_scratch_db(lab)
+    with lab.primary.site(SCRATCH_DB) as conn:
+        assert migrate(conn) == LATEST
+        assert migrate(conn) == []
+        with conn.cursor() as cur:
+            cur.execute("SELECT version FROM schema_migrations ORDER BY version")
+            assert [r["version"] for r in cur.fetchall()] == LATEST
+            cur.execute("SHOW CREATE TABLE messages")
+            ddl = cur.fetchone()["Create Table"]
+    assert "utf8mb4" in ddl and "KEY `messages_created_at` (`created_at`)" in ddl
+    assert "datetime(6) NOT NULL DEFAULT current_timestamp(6)" in ddl
+    lab.wait_replica_caught_up()
+    tables = lab.replica.sql(f"SHOW TABLES FROM `{SCRATCH_DB}`")
+    assert {next(iter(r.values())) for r in tables} == {"messages", "schema_migrations"}
+
+
+def test_concurrent_runs_apply_each_step_once(lab):
+    reset_scratch_db(lab)
+    results, errors = [], []
+
+    def run():
+        try:
+            with lab.primary.site(SCRATCH_DB) as conn:
+                results.append(migrate(conn))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert sorted(results, key=len) == [[], [], [], LATEST]
+
+
+def test_later_steps_run_after_earlier_ones(lab):
+    reset_scratch_db(lab)
+    extra = Migration(2, "add a column", ("ALTER TABLE messages ADD COLUMN IF NOT EXISTS x INT",))
+    with lab.primary.site(SCRATCH_DB) as conn:
+        assert migrate(conn, MIGRATIONS[:1]) == [1]
+        assert migrate(conn, (*MIGRATIONS[:1], extra)) == [2]
+        assert migrate(conn, (*MIGRATIONS[:1], extra)) == []
+
+
+def test_order_is_checked():
+    with pytest.raises(MigrationError):
+        check_order([Migration(2, "b", ()), Migration(1, "a", ())])
+    with pytest.raises(MigrationError):
+        check_order([Migration(1, "a", ()), Migration(1, "a again", ())])
+
+
+def test_replica_site_user_cannot_migrate(lab):
+    with lab.replica.site(SCRATCH_DB) as conn, conn.cursor() as cur:
+        with pytest.raises(Exception) as caught:
+            cur.execute("CREATE TABLE nope (id INT)")
+    assert caught.value.args[0] in (1142, 1290)  # no CREATE grant / read-only
+
+
+def test_cli(lab, monkeypatch, capsys):
+    reset_scratch_db(lab)
+    for name, value in lab.env(FOOBAR_DB_NAME=SCRATCH_DB).items():
+        monkeypatch.setenv(name, value)
+    assert main(["--status"]) == 0
+    assert "pending" in capsys.readouterr().out
+    assert main([]) == 0
+    assert "applied [1]" in capsys.readouterr().out
+    assert main([]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["--status"]) == 0
+    assert "pending" not in capsys.readouterr().out
+
+
+def test_cli_names_missing_config(monkeypatch, capsys):
+    monkeypatch.delenv("FOOBAR_DB_PRIMARY", raising=False)
+    assert main([]) == 2
+    assert "FOOBAR_DB_PRIMARY" in capsys.readouterr().err
+
+
+def test_cli_reports_unreachable_primary(monkeypatch, capsys, lab):
+    for name, value in lab.env(FOOBAR_DB_PRIMARY="127.0.0.1:1").items():
+        monkeypatch.setenv(name, value)
+    assert main([]) == 1
+    assert "cannot reach primary" in capsys.readouterr().err
+    assert migrate_module.MIGRATIONS

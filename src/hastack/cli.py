@@ -1,0 +1,153 @@
+"""The hastack command: parsing and printing only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hastack import deploy, topology
+from hastack.errors import HastackError
+from hastack.lab.lab import Lab
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="A highly available www.foobar.com: a one-box lab or your own servers.")
+console = Console(stderr=True)
+out = Console()
+
+TopologyOpt = Annotated[Path | None, typer.Option(
+    "-t", "--topology", help="topology file (TOML); default: ./hastack.toml if present, "
+                             "else the seed's topology")]
+
+
+def _topology_path(path: Path | None) -> Path | None:
+    if path is not None:
+        return path
+    default = Path("hastack.toml")
+    return default if default.exists() else None
+
+
+@app.command()
+def up(topology_file: TopologyOpt = None,
+       force_deploy: Annotated[bool, typer.Option(help="deploy even if nothing changed")] = False,
+       ) -> None:
+    """Create (or repair) the lab's machines and deploy the stack on them."""
+    topo = topology.load(_topology_path(topology_file))
+    lab = Lab()
+    lab.up(topo, console, force_deploy=force_deploy)
+    vips = " ".join(str(v.address) for v in topo.vips)
+    out.print(f"[bold green]www.foobar.com is up[/bold green] on {vips}")
+    first = topo.vips[0].address
+    out.print(f"  try: curl -H 'Host: {topo.domain}' http://{first}/")
+    dns = topo.with_role("dns")
+    if dns:
+        out.print(f"  or:  curl --resolve {topo.domain}:80:{first} http://{topo.domain}/   "
+                  f"(DNS: dig @{dns[0].public_address} {topo.domain})")
+    out.print("  machines: hastack status · shell: hastack ssh web1 · remove: hastack down")
+
+
+@app.command()
+def down() -> None:
+    """Remove every machine, overlay, bridge, veth and cgroup of the lab (also after a crash)."""
+    Lab().down()
+    out.print("lab removed")
+
+
+@app.command()
+def stop(machines: Annotated[list[str] | None, typer.Argument(help="machines (default: all)")]
+         = None,
+         kill: Annotated[bool, typer.Option("--kill", help="pull the plug (SIGKILL) instead "
+                                                          "of a clean power-off")] = False,
+         ) -> None:
+    """Power lab machines off, keeping their disks; `hastack up` starts them again."""
+    stopped = Lab().stop(machines, graceful=not kill)
+    out.print(f"stopped {', '.join(stopped)}")
+
+
+@app.command()
+def start(machines: Annotated[list[str], typer.Argument(help="machines to boot")]) -> None:
+    """Boot stopped lab machines again (no deploy; `hastack up` also deploys)."""
+    Lab().start(machines)
+    out.print(f"started {', '.join(machines)}")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+           ) -> None:
+    """The lab's site and machines."""
+    info = Lab().status()
+    if as_json:
+        out.print_json(json.dumps(info)) if sys.stdout.isatty() else print(json.dumps(info))
+        return
+    if info["site"] is None:
+        out.print("no lab is up (hastack up)")
+        return
+    site = info["site"]
+    out.print(f"[bold]{site['domain']}[/bold]  VIPs {', '.join(site['vips'])}"
+              + (f"  DNS {site['dns']}" if site["dns"] else ""))
+    table = Table("machine", "roles", "addresses", "state")
+    for m in info["machines"]:
+        colour = "green" if m["state"] == "running" else "red"
+        table.add_row(m["name"], ", ".join(m["roles"]), ", ".join(m["addresses"]),
+                      f"[{colour}]{m['state']}[/{colour}]")
+    out.print(table)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(machine: Annotated[str, typer.Argument(help="machine name, e.g. web1")],
+        command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
+        ) -> None:
+    """Open a shell on a lab machine, or run a command there (hastack ssh db1 -- mariadb)."""
+    lab = Lab()
+    topo = lab.require_topology()
+    m = topo.machine(machine)
+    argv = ["ssh", *lab.ssh_options(), f"root@{m.private_address}", *(command or [])]
+    os.execvp("ssh", argv)
+
+
+@app.command("deploy")
+def deploy_cmd(inventory: Annotated[Path, typer.Option("-i", "--inventory",
+                                                       help="Ansible inventory of your servers")],
+               secrets_dir: Annotated[Path | None, typer.Option(
+                   help="where generated secrets live (default: next to the inventory, "
+                        "in .hastack-secrets/)")] = None,
+               limit: Annotated[str | None, typer.Option(help="only these hosts/groups")] = None,
+               ) -> None:
+    """Deploy the stack to real servers listed in an inventory (same playbook as the lab)."""
+    secrets = secrets_dir or inventory.resolve().parent / ".hastack-secrets" / inventory.stem
+    deploy.run(inventory, secrets, console, extra_vars={"hastack_environment": "servers"},
+               limit=limit)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except HastackError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[red]error:[/red] interrupted; run the same command again to resume "
+                      "(or 'hastack down')", highlight=False, soft_wrap=True)
+        sys.exit(130)
+    except PermissionError as exc:
+        console.print(f"[red]error:[/red] {exc}; run as root", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and friends
+        import click
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+

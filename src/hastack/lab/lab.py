@@ -1,0 +1,274 @@
+"""The lab as a whole: bring the topology's machines up, deploy them, take everything down.
+
+State lives in one directory (lab.json records the topology in force *before* anything is
+created, so a crashed or killed `up` can always be repaired by the next `up` or `down`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from hastack import deploy, inventory, paths, topology
+from hastack.errors import HastackError
+from hastack.lab import image, network
+from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools
+from hastack.topology import Topology
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise HastackError(f"hastack {what} must run as root (it creates network bridges and "
+                           "containers); run it with sudo")
+
+
+class Lab:
+    def __init__(self, root: Path | None = None):
+        self.dir = root or paths.lab_dir()
+        self.state_file = self.dir / "lab.json"
+        self.ssh_key = self.dir / "ssh" / "id_ed25519"
+        self.known_hosts = self.dir / "ssh" / "known_hosts"
+        self.inventory = self.dir / "inventory.yml"
+        self.secrets = self.dir / "secrets"
+        self.deployed = self.dir / "deployed"
+
+    # ---- state ---------------------------------------------------------------------------
+    def topology(self) -> Topology | None:
+        if not self.state_file.exists():
+            return None
+        return topology.parse(json.loads(self.state_file.read_text())["topology"],
+                              str(self.state_file))
+
+    def require_topology(self) -> Topology:
+        topo = self.topology()
+        if topo is None:
+            raise HastackError("no lab is up; run 'hastack up' first")
+        return topo
+
+    def machines(self, topo: Topology) -> list[LabMachine]:
+        return [LabMachine(m, topo, self.dir) for m in topo.machines]
+
+    # ---- up ------------------------------------------------------------------------------
+    def up(self, topo: Topology, console: Console, force_deploy: bool = False) -> None:
+        require_root("up")
+        require_tools()
+        previous = self.topology()
+        network.check_conflicts(topo, owned=set(network.lab_links()) if previous else set())
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir.chmod(0o700)
+
+        if previous is not None:
+            self._retire_changed(previous, topo, console)
+        # Record intent first: whatever happens next, down/up know what may exist.
+        self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
+
+        with console.status("lab image") as status:
+            root = image.ensure_image(lambda msg: status.update(f"lab image: {msg}"))
+        self._ensure_ssh_key()
+        network.ensure_bridges(topo)
+
+        started = []
+        with console.status("starting machines") as status:
+            for m in self.machines(topo):
+                if not m.running():
+                    status.update(f"starting {m.name}")
+                    m.prepare(self.ssh_key.with_suffix(".pub").read_text())
+                    m.start(root)
+                    started.append(m.name)
+        if started:
+            console.print(f"started {', '.join(started)}")
+        self._write_known_hosts(topo)
+        self._write_inventory(topo)
+        with console.status("waiting for SSH on every machine"):
+            self._wait_ssh(topo)
+
+        fingerprint = self._fingerprint()
+        unchanged = self.deployed.exists() and self.deployed.read_text() == fingerprint
+        if started or force_deploy or not unchanged:
+            self.deployed.unlink(missing_ok=True)
+            deploy.run(self.inventory, self.secrets, console)
+            self.deployed.write_text(fingerprint)
+        else:
+            console.print("deploy: nothing changed since the last deploy")
+        with console.status("waiting for the site on every virtual IP"):
+            wait_site(topo)
+
+    def _retire_changed(self, previous: Topology, topo: Topology, console: Console) -> None:
+        """Destroy machines that left the topology or whose identity changed."""
+        wanted = {m.name: m for m in topo.machines}
+        for m in previous.machines:
+            if wanted.get(m.name) != m:
+                console.print(f"removing {m.name} (not in the new topology as it was)")
+                LabMachine(m, previous, self.dir).destroy()
+        if (previous.public_net, previous.private_net) != (topo.public_net, topo.private_net):
+            network.remove_links()
+
+    def _ensure_ssh_key(self) -> None:
+        if self.ssh_key.exists():
+            return
+        self.ssh_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hastack-lab",
+                        "-f", str(self.ssh_key)], check=True)
+
+    def _write_known_hosts(self, topo: Topology) -> None:
+        lines = []
+        for m in self.machines(topo):
+            key = m.host_key()
+            lines.append(f"{m.name},{m.machine.private_address} ssh-ed25519 {key}")
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    def ssh_options(self) -> list[str]:
+        return ["-i", str(self.ssh_key), "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+
+    def _write_inventory(self, topo: Topology) -> None:
+        connection = {
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.ssh_key),
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} "
+                                       "-o StrictHostKeyChecking=yes",
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+        data = inventory.build(topo, connection)
+        self.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def _wait_ssh(self, topo: Topology, timeout: float = 60.0) -> None:
+        pending = {m.name: str(m.private_address) for m in topo.machines}
+        deadline = time.monotonic() + timeout
+        while pending:
+            for name, addr in list(pending.items()):
+                if _ssh_banner(addr):
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                raise HastackError(f"no SSH from {', '.join(sorted(pending))} after "
+                                   f"{timeout:.0f} s; see {self.dir}/machines/*/console.log")
+            if pending:
+                time.sleep(0.1)
+
+    def _fingerprint(self) -> str:
+        """What a deploy depends on: inventory, playbook, site sources and image."""
+        digest = hashlib.sha256(self.inventory.read_bytes())
+        for f in sorted(paths.ANSIBLE_DIR.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                digest.update(str(f).encode())
+                digest.update(f.read_bytes())
+        from hastack import wheelhouse
+        digest.update(wheelhouse.site_hash().encode())
+        digest.update(image.image_key().encode())
+        return digest.hexdigest()
+
+    # ---- stop / down ---------------------------------------------------------------------
+    def stop(self, names: Iterable[str] | None = None, graceful: bool = True) -> list[str]:
+        require_root("stop")
+        topo = self.require_topology()
+        chosen = set(names) if names else {m.name for m in topo.machines}
+        for name in chosen:
+            topo.machine(name)
+        machines = [m for m in self.machines(topo) if m.name in chosen]
+        _stop_all(machines, graceful)
+        return sorted(chosen)
+
+    def start(self, names: Iterable[str]) -> None:
+        require_root("start")
+        topo = self.require_topology()
+        root = image.image_root()
+        for name in names:
+            m = LabMachine(topo.machine(name), topo, self.dir)
+            m.start(root)
+
+    def down(self) -> None:
+        require_root("down")
+        topo = self.topology()
+        machines = self.machines(topo) if topo else []
+        known = {m.name for m in machines}
+        # Leftovers of a crash whose state file is gone still have their cgroups.
+        for name in all_lab_cgroups():
+            if name not in known:
+                machines.append(LabMachine.orphan(name, self.dir))
+        _stop_all(machines, graceful=True)
+        network.remove_links()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ---- status --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        topo = self.topology()
+        if topo is None:
+            return {"site": None, "machines": [], "lab": "down"}
+        machines = []
+        for lm in self.machines(topo):
+            m = lm.machine
+            machines.append({"name": m.name, "roles": list(m.roles), "addresses": m.addresses,
+                             "state": "running" if lm.running() else "stopped"})
+        dns = topo.with_role("dns")
+        ca = self.secrets / "ca" / "ca.crt"
+        return {
+            "site": {
+                "domain": topo.domain,
+                "aliases": list(topo.aliases),
+                "vips": [str(v.address) for v in topo.vips],
+                "dns": str(dns[0].public_address) if dns else None,
+                "ca_cert": str(ca) if ca.exists() else None,
+                "url": f"http://{topo.domain}/",
+            },
+            "lab": "up",
+            "inventory": str(self.inventory),
+            "machines": machines,
+        }
+
+
+def _stop_all(machines: list[LabMachine], graceful: bool, timeout: float = 10.0) -> None:
+    """Power machines off together (one SIGTERM each, then wait), killing stragglers."""
+    if graceful:
+        for m in machines:
+            m.request_poweroff()
+        deadline = time.monotonic() + timeout
+        while any(m.running() for m in machines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for m in machines:
+        m.stop(graceful=False)
+
+
+def _ssh_banner(address: str) -> bool:
+    try:
+        with socket.create_connection((address, 22), timeout=0.5) as s:
+            s.settimeout(1.0)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def wait_site(topo: Topology, timeout: float = 60.0) -> None:
+    """Poll every VIP until the site answers (the end of a successful `up`)."""
+    import httpx
+
+    pending = [str(v.address) for v in topo.vips]
+    deadline = time.monotonic() + timeout
+    last = ""
+    while pending:
+        for vip in list(pending):
+            try:
+                r = httpx.get(f"http://{vip}/healthz", headers={"Host": topo.domain},
+                              timeout=2.0)
+                if r.status_code < 500:
+                    pending.remove(vip)
+                    continue
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                last = str(exc) or type(exc).__name__
+        if pending and time.monotonic() > deadline:
+            raise HastackError(f"the site does not answer on {', '.join(pending)} after "
+                               f"{timeout:.0f} s ({last})")
+        if pending:
+            time.sleep(0.2)

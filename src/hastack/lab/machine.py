@@ -1,0 +1,234 @@
+"""A lab machine: a systemd-nspawn container booted from a copy-on-write overlay of the image.
+
+Each machine runs in its own cgroup (hs-NAME, in the systemd and unified hierarchies) so that
+every process it owns can be found, and ended by PID, even after the `hastack up` that started
+it was killed. Its overlay is mounted in a private mount namespace, so it vanishes with the
+machine and never shows on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from hastack.errors import HastackError
+from hastack.lab import network
+from hastack.topology import Machine, Topology
+
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+PUBLIC_IF = "pub"
+PRIVATE_IF = "priv"
+
+
+def host_veth(name: str, net: int) -> str:
+    """Host side of a machine's link: hs-NAME-0 (public) or hs-NAME-1 (private), ≤15 chars."""
+    return f"hs-{name}-{net}"
+
+
+def cgroup_name(name: str) -> str:
+    return f"hs-{name}"
+
+
+def _network_file(ifname: str, address: str, prefix: int) -> str:
+    return (f"[Match]\nName={ifname}\n\n[Network]\nAddress={address}/{prefix}\n"
+            "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
+
+
+class LabMachine:
+    def __init__(self, machine: Machine, topo: Topology, lab_dir: Path):
+        self.machine = machine
+        self.topo = topo
+        self.name = machine.name
+        self.dir = lab_dir / "machines" / self.name
+        self.upper = self.dir / "upper"
+        self.work = self.dir / "work"
+        self.merged = self.dir / "root"
+        self.console = self.dir / "console.log"
+        self.pidfile = self.dir / "pid"
+
+    @classmethod
+    def orphan(cls, name: str, lab_dir: Path) -> LabMachine:
+        """A machine found only by its cgroup (its state is gone): enough to stop it."""
+        self = cls.__new__(cls)
+        self.machine, self.topo, self.name = None, None, name
+        self.dir = lab_dir / "machines" / name
+        self.pidfile = self.dir / "pid"
+        return self
+
+    # ---- preparing the overlay -----------------------------------------------------------
+    def prepare(self, authorized_key: str) -> None:
+        """Write the machine's identity into its overlay before its first boot."""
+        if (self.dir / "prepared").exists():
+            return
+        for d in (self.upper, self.work, self.merged):
+            d.mkdir(parents=True, exist_ok=True)
+        up = self.upper
+        (up / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
+        (up / "etc/hostname").write_text(self.name + "\n")
+        hosts = ["127.0.0.1 localhost", f"127.0.1.1 {self.name}"]
+        hosts += [f"{m.private_address} {m.name}" for m in self.topo.machines]
+        (up / "etc/hosts").write_text("\n".join(hosts) + "\n")
+        m = self.machine
+        if m.public_address is not None:
+            (up / "etc/systemd/network/10-pub.network").write_text(
+                _network_file(PUBLIC_IF, str(m.public_address), self.topo.public_net.prefixlen))
+        (up / "etc/systemd/network/20-priv.network").write_text(
+            _network_file(PRIVATE_IF, str(m.private_address), self.topo.private_net.prefixlen))
+        ssh = up / "root/.ssh"
+        ssh.mkdir(parents=True, exist_ok=True)
+        ssh.chmod(0o700)
+        (ssh / "authorized_keys").write_text(authorized_key)
+        (ssh / "authorized_keys").chmod(0o600)
+        (up / "etc/ssh").mkdir(parents=True, exist_ok=True)
+        key = up / "etc/ssh/ssh_host_ed25519_key"
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.name,
+                            "-f", str(key)], check=True)
+        (self.dir / "prepared").write_text("")
+
+    def host_key(self) -> str:
+        return (self.upper / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[1]
+
+    # ---- processes -----------------------------------------------------------------------
+    def _cgroups(self) -> list[Path]:
+        return [root / cgroup_name(self.name) for root in CGROUP_ROOTS if root.is_dir()]
+
+    def pids(self) -> list[int]:
+        """Every process of this machine, from its cgroups (sub-cgroups included)."""
+        found: set[int] = set()
+        for cg in self._cgroups():
+            if not cg.exists():
+                continue
+            for procs in cg.rglob("cgroup.procs"):
+                try:
+                    found.update(int(p) for p in procs.read_text().split())
+                except OSError:
+                    continue
+        return sorted(found)
+
+    def running(self) -> bool:
+        return bool(self.pids())
+
+    def start(self, image_root: Path) -> None:
+        if self.running():
+            return
+        self._remove_cgroups()
+        for cg in self._cgroups():
+            cg.mkdir(exist_ok=True)
+        has_public = self.machine.public_address is not None
+        nspawn = [
+            "systemd-nspawn", "-D", str(self.merged), "-M", self.name, f"--hostname={self.name}",
+            "--register=no", "--keep-unit", "--boot", "--console=pipe", "--link-journal=no",
+            "--resolv-conf=off", "--timezone=off",
+        ]
+        if has_public:
+            nspawn.append(f"--network-veth-extra={host_veth(self.name, 0)}:{PUBLIC_IF}")
+        nspawn.append(f"--network-veth-extra={host_veth(self.name, 1)}:{PRIVATE_IF}")
+        script = ('mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" '
+                  '&& shift 4 && exec "$@"')
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+               str(image_root), str(self.upper), str(self.work), str(self.merged), *nspawn]
+        cgroups = [cg / "cgroup.procs" for cg in self._cgroups()]
+
+        def join_cgroups() -> None:  # runs in the child, before exec
+            for procs in cgroups:
+                procs.write_text(str(os.getpid()))
+
+        with self.console.open("ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=join_cgroups)
+        self.pidfile.write_text(str(proc.pid))
+        try:
+            if has_public:
+                network.attach(host_veth(self.name, 0), network.PUBLIC_BRIDGE)
+            network.attach(host_veth(self.name, 1), network.PRIVATE_BRIDGE)
+        except HastackError:
+            if proc.poll() is not None:
+                tail = self.console.read_text(errors="replace").strip().splitlines()[-1:]
+                raise HastackError(f"machine {self.name} did not start: "
+                                   f"{tail[0] if tail else 'no output'} "
+                                   f"(see {self.console})") from None
+            raise
+
+    def request_poweroff(self) -> None:
+        """SIGTERM to nspawn: it asks the machine's systemd to power off cleanly."""
+        leader = self._leader()
+        if leader:
+            _signal(leader, signal.SIGTERM)
+
+    def stop(self, timeout: float = 10.0, graceful: bool = True) -> None:
+        """Power the machine off (SIGTERM to nspawn), or pull the plug (SIGKILL, by PID)."""
+        if graceful:
+            self.request_poweroff()
+            deadline = time.monotonic() + timeout
+            while self.running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        while self.running():
+            for pid in self.pids():
+                _signal(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        self._remove_cgroups()
+        self.pidfile.unlink(missing_ok=True)
+
+    def _leader(self) -> int | None:
+        """The nspawn process; without a pid file, the oldest process of the top cgroup."""
+        pids = self.pids()
+        try:
+            pid = int(self.pidfile.read_text())
+            return pid if pid in pids else None
+        except (OSError, ValueError):
+            top = [p for cg in self._cgroups() if (cg / "cgroup.procs").exists()
+                   for p in map(int, (cg / "cgroup.procs").read_text().split())]
+            return min(top) if top else None
+
+    def _remove_cgroups(self) -> None:
+        for cg in self._cgroups():
+            if not cg.exists():
+                continue
+            for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                d.rmdir()
+            cg.rmdir()
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def memory_bytes(self) -> int:
+        """Proportional set size of the machine's processes (shared pages counted once)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+            except OSError:
+                continue
+        return total
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def all_lab_cgroups() -> list[str]:
+    """Machine names of every hs-* cgroup on the host, whatever state file exists."""
+    names: set[str] = set()
+    for root in CGROUP_ROOTS:
+        if root.is_dir():
+            names.update(p.name[3:] for p in root.glob("hs-*") if p.is_dir())
+    return sorted(names)
+
+
+def require_tools() -> None:
+    for tool, package in (("systemd-nspawn", "systemd-container"), ("ssh-keygen", "openssh-client"),
+                          ("ssh", "openssh-client"), ("unshare", "util-linux")):
+        if shutil.which(tool) is None:
+            raise HastackError(f"{tool} not found; install the Debian package {package} "
+                               f"(apt-get install {package}) or run 'make up'")

@@ -1,0 +1,353 @@
+"""The topology: which machines exist, with which roles and addresses.
+
+A TOML file (``hastack.toml``) is optional; without one the defaults are the seed's design
+(two active-active LBs, two web, two app, a MariaDB primary and a replica, DNS, monitoring).
+Everything is validated before anything is created, and every error is one line naming
+the file, the key and what to do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from hastack.errors import HastackError
+
+LAB_SPACE = IPv4Network("198.18.0.0/15")
+
+ROLES = ("loadbalancer", "dns", "web", "app", "db-primary", "db-replica", "monitoring")
+PUBLIC_ROLES = ("loadbalancer", "dns")
+
+# role -> roles that must exist somewhere in the topology for it to work
+DEPENDENCIES = {
+    "loadbalancer": ("web",),
+    "dns": ("loadbalancer",),
+    "web": ("app",),
+    "app": ("db-primary",),
+    "db-replica": ("db-primary",),
+}
+
+# [counts] key -> (role, default, minimum, maximum, name prefix, host offset in the subnets)
+COUNTS = {
+    "loadbalancers": ("loadbalancer", 2, 1, 9, "lb", 11),
+    "web": ("web", 2, 1, 9, "web", 21),
+    "app": ("app", 2, 1, 9, "app", 31),
+    "replicas": ("db-replica", 1, 0, 8, "db", 42),
+    "dns": ("dns", 1, 0, 1, "ns", 53),
+    "monitoring": ("monitoring", 1, 0, 1, "mon", 61),
+}
+PRIMARY_OFFSET = 41
+VIP_OFFSET = 100
+VRID_BASE = 51
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+
+TOP_KEYS = {"site", "networks", "counts", "vips", "machines"}
+SITE_KEYS = {"domain", "aliases"}
+NETWORK_KEYS = {"public", "private"}
+VIP_KEYS = {"address", "vrid"}
+MACHINE_KEYS = {"name", "roles", "private_address", "public_address"}
+
+DEFAULT_DOMAIN = "www.foobar.com"
+DEFAULT_PUBLIC = "198.18.0.0/24"
+DEFAULT_PRIVATE = "198.19.0.0/24"
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    roles: tuple[str, ...]
+    private_address: IPv4Address
+    public_address: IPv4Address | None = None
+
+    @property
+    def addresses(self) -> list[str]:
+        found = [self.public_address, self.private_address]
+        return [str(a) for a in found if a is not None]
+
+
+@dataclass(frozen=True)
+class Vip:
+    address: IPv4Address
+    vrid: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    domain: str
+    aliases: tuple[str, ...]
+    public_net: IPv4Network
+    private_net: IPv4Network
+    machines: tuple[Machine, ...]
+    vips: tuple[Vip, ...]
+    source: str = "<defaults>"
+
+    @property
+    def host_public(self) -> IPv4Address:
+        """The host's own address on the public net: the lab's 'internet' client."""
+        return self.public_net.network_address + 1
+
+    @property
+    def host_private(self) -> IPv4Address:
+        """The host's address on the private net: the admin bastion."""
+        return self.private_net.network_address + 1
+
+    def with_role(self, role: str) -> list[Machine]:
+        return [m for m in self.machines if role in m.roles]
+
+    def machine(self, name: str) -> Machine:
+        for m in self.machines:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.machines)
+        raise HastackError(f"no machine named '{name}' in the topology; known: {known}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The topology in the file format (explicit machines), so parse() reads it back."""
+        machines = []
+        for m in self.machines:
+            entry: dict[str, Any] = {"name": m.name, "roles": list(m.roles),
+                                     "private_address": str(m.private_address)}
+            if m.public_address is not None:
+                entry["public_address"] = str(m.public_address)
+            machines.append(entry)
+        return {
+            "site": {"domain": self.domain, "aliases": list(self.aliases)},
+            "networks": {"public": str(self.public_net), "private": str(self.private_net)},
+            "vips": [{"address": str(v.address), "vrid": v.vrid} for v in self.vips],
+            "machines": machines,
+        }
+
+
+class _Checker:
+    """Raises one-line errors that name the file and the key."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, message: str) -> None:
+        raise HastackError(f"{self.source}: {key}: {message}")
+
+    def table(self, key: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(key, "must be a table")
+        for k in value:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else k
+                self.fail(where, f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+        return value
+
+    def string(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            self.fail(key, "must be a non-empty string")
+        return value
+
+    def integer(self, key: str, value: Any, low: int, high: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(key, f"must be an integer from {low} to {high}")
+        if not low <= value <= high:
+            self.fail(key, f"{value} is out of range; use {low} to {high}")
+        return value
+
+    def network(self, key: str, value: Any) -> IPv4Network:
+        try:
+            net = ipaddress.ip_network(self.string(key, value), strict=True)
+        except ValueError as exc:
+            self.fail(key, f"'{value}' is not a network like 198.18.0.0/24 ({exc})")
+        if not isinstance(net, IPv4Network) or not net.subnet_of(LAB_SPACE):
+            self.fail(key, f"{value} is outside {LAB_SPACE}; lab addresses must stay inside it")
+        if net.prefixlen > 28:
+            self.fail(key, f"{value} is too small; use a /28 or larger")
+        return net
+
+    def address(self, key: str, value: Any, net: IPv4Network) -> IPv4Address:
+        try:
+            addr = ipaddress.ip_address(self.string(key, value))
+        except ValueError:
+            self.fail(key, f"'{value}' is not an IPv4 address")
+        if not isinstance(addr, IPv4Address) or addr not in LAB_SPACE:
+            self.fail(key, f"{value} is outside {LAB_SPACE}; lab addresses must stay inside it")
+        if addr not in net:
+            self.fail(key, f"{value} is not in the network {net}; pick an address inside it")
+        if addr in (net.network_address, net.broadcast_address, net.network_address + 1):
+            self.fail(key, f"{value} is reserved (network, broadcast or the host's .1)")
+        return addr
+
+
+def load(path: Path | None) -> Topology:
+    """Read and validate a topology file; ``None`` means the defaults."""
+    if path is None:
+        return parse({}, "<defaults>")
+    if not path.exists():
+        raise HastackError(f"{path}: no such topology file; check the -t argument")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise HastackError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, str(path))
+
+
+def parse(data: dict[str, Any], source: str = "<defaults>") -> Topology:
+    c = _Checker(source)
+    c.table("", data, TOP_KEYS)
+
+    site = c.table("site", data.get("site", {}), SITE_KEYS)
+    domain = c.string("site.domain", site.get("domain", DEFAULT_DOMAIN))
+    aliases_raw = site.get("aliases", ["foobar.com"])
+    if not isinstance(aliases_raw, list):
+        c.fail("site.aliases", "must be a list of domain names")
+    aliases = tuple(c.string(f"site.aliases[{i}]", a) for i, a in enumerate(aliases_raw))
+
+    nets = c.table("networks", data.get("networks", {}), NETWORK_KEYS)
+    public = c.network("networks.public", nets.get("public", DEFAULT_PUBLIC))
+    private = c.network("networks.private", nets.get("private", DEFAULT_PRIVATE))
+    if public.overlaps(private):
+        c.fail("networks", f"public {public} and private {private} overlap; use separate networks")
+
+    if "machines" in data and "counts" in data:
+        c.fail("machines", "give either [counts] or [[machines]], not both")
+    if "machines" in data:
+        machines = _explicit_machines(c, data["machines"], public, private)
+    else:
+        machines = _counted_machines(c, data.get("counts", {}), public, private)
+
+    _check_unique(c, machines)
+    _check_roles(c, machines)
+    lbs = [m for m in machines if "loadbalancer" in m.roles]
+    vips = _vips(c, data.get("vips"), len(lbs), public, machines)
+    return Topology(domain, aliases, public, private, tuple(machines), tuple(vips), source)
+
+
+def _counted_machines(c: _Checker, raw: Any, public: IPv4Network,
+                      private: IPv4Network) -> list[Machine]:
+    counts = c.table("counts", raw, set(COUNTS))
+    machines: list[Machine] = []
+    for key, (role, default, low, high, prefix, offset) in COUNTS.items():
+        n = c.integer(f"counts.{key}", counts.get(key, default), low, high)
+        if role == "db-replica":
+            primary = private.network_address + PRIMARY_OFFSET
+            machines.append(Machine("db1", ("db-primary",), primary))
+        for i in range(n):
+            index = i + 2 if role == "db-replica" else i + 1
+            pub = public.network_address + offset + i if role in PUBLIC_ROLES else None
+            machines.append(Machine(f"{prefix}{index}", (role,),
+                                    private.network_address + offset + i, pub))
+    for m in machines:
+        outside_public = m.public_address is not None and m.public_address not in public
+        if m.private_address not in private or outside_public:
+            c.fail("counts", f"{m.name} would get an address outside its network; "
+                             "use larger networks or smaller counts")
+    return machines
+
+
+def _explicit_machines(c: _Checker, raw: Any, public: IPv4Network,
+                       private: IPv4Network) -> list[Machine]:
+    if not isinstance(raw, list) or not raw:
+        c.fail("machines", "must be a non-empty list of [[machines]] tables")
+    machines = []
+    for i, item in enumerate(raw):
+        key = f"machines[{i}]"
+        t = c.table(key, item, MACHINE_KEYS)
+        for required in ("name", "roles", "private_address"):
+            if required not in t:
+                c.fail(f"{key}.{required}", "is required")
+        name = c.string(f"{key}.name", t["name"])
+        if not NAME_RE.match(name):
+            c.fail(f"{key}.name", f"'{name}' is not a valid machine name; use 1-10 lowercase "
+                                  "letters and digits, starting with a letter")
+        roles_raw = t["roles"]
+        if not isinstance(roles_raw, list) or not roles_raw:
+            c.fail(f"{key}.roles", "must be a non-empty list of roles")
+        roles = []
+        for j, r in enumerate(roles_raw):
+            if r not in ROLES:
+                c.fail(f"{key}.roles[{j}]", f"unknown role '{r}'; use one of: {', '.join(ROLES)}")
+            if r in roles:
+                c.fail(f"{key}.roles[{j}]", f"role '{r}' is listed twice")
+            roles.append(r)
+        if "db-primary" in roles and "db-replica" in roles:
+            c.fail(f"{key}.roles", "a machine cannot be both db-primary and db-replica")
+        priv = c.address(f"{key}.private_address", t["private_address"], private)
+        needs_public = any(r in PUBLIC_ROLES for r in roles)
+        pub = None
+        if needs_public:
+            if "public_address" not in t:
+                c.fail(f"{key}.public_address", "is required for roles loadbalancer and dns")
+            pub = c.address(f"{key}.public_address", t["public_address"], public)
+        elif "public_address" in t:
+            c.fail(f"{key}.public_address", "only loadbalancer and dns machines sit on the "
+                                            "public net; remove it")
+        machines.append(Machine(name, tuple(roles), priv, pub))
+    return machines
+
+
+def _check_unique(c: _Checker, machines: list[Machine]) -> None:
+    names: set[str] = set()
+    addrs: dict[IPv4Address, str] = {}
+    for i, m in enumerate(machines):
+        if m.name in names:
+            c.fail(f"machines[{i}].name",
+                   f"duplicate machine name '{m.name}'; names must be unique")
+        names.add(m.name)
+        for addr in (m.private_address, m.public_address):
+            if addr is None:
+                continue
+            if addr in addrs:
+                c.fail(f"machines[{i}]", f"address {addr} of {m.name} is already used by "
+                                         f"{addrs[addr]}; give each machine its own")
+            addrs[addr] = m.name
+
+
+def _check_roles(c: _Checker, machines: list[Machine]) -> None:
+    present = {r for m in machines for r in m.roles}
+    for role, needs in DEPENDENCIES.items():
+        for need in needs:
+            if role in present and need not in present:
+                c.fail("machines", f"role '{role}' needs a machine with role '{need}'; add one")
+    for role in ("loadbalancer", "web", "app", "db-primary"):
+        if role not in present:
+            c.fail("machines", f"the site needs at least one machine with role '{role}'")
+    primaries = [m.name for m in machines if "db-primary" in m.roles]
+    if len(primaries) > 1:
+        c.fail("machines", f"exactly one db-primary is allowed, found {', '.join(primaries)}")
+    for role in ("dns", "monitoring"):
+        holders = [m.name for m in machines if role in m.roles]
+        if len(holders) > 1:
+            c.fail("machines", f"at most one machine may have role '{role}', "
+                               f"found {', '.join(holders)}")
+
+
+def _vips(c: _Checker, raw: Any, lb_count: int, public: IPv4Network,
+          machines: list[Machine]) -> list[Vip]:
+    if raw is None:
+        raw = [{"address": str(public.network_address + VIP_OFFSET + i), "vrid": VRID_BASE + i}
+               for i in range(lb_count)]
+    if not isinstance(raw, list):
+        c.fail("vips", "must be a list of [[vips]] tables with address and vrid")
+    if len(raw) != lb_count:
+        c.fail("vips", f"{len(raw)} virtual IPs for {lb_count} load balancers; give exactly one "
+                       "per load balancer (each LB is master of one)")
+    taken = {a: m.name for m in machines for a in (m.private_address, m.public_address) if a}
+    vips: list[Vip] = []
+    for i, item in enumerate(raw):
+        key = f"vips[{i}]"
+        t = c.table(key, item, VIP_KEYS)
+        if "address" not in t:
+            c.fail(f"{key}.address", "is required")
+        addr = c.address(f"{key}.address", t["address"], public)
+        if addr in taken:
+            c.fail(f"{key}.address", f"{addr} is the address of machine {taken[addr]}; "
+                                     "a virtual IP must be an unused address")
+        vrid = c.integer(f"{key}.vrid", t.get("vrid", VRID_BASE + i), 1, 255)
+        for v in vips:
+            if v.address == addr:
+                c.fail(f"{key}.address", f"duplicate virtual IP {addr}")
+            if v.vrid == vrid:
+                c.fail(f"{key}.vrid", f"duplicate virtual router id {vrid}; each VIP needs its own")
+        vips.append(Vip(addr, vrid))
+    return vips
