@@ -6,11 +6,11 @@ import dataclasses
 import socket
 
 import pytest
-from mariadb_lab import DB_NAME, Lab, LabError
 
 from foobar.app import create_app
 from foobar.config import Config
 from foobar.migrate import migrate
+from mariadb_lab import DB_NAME, Lab, LabError
 
 
 @pytest.fixture(scope="session")

@@ -38,15 +38,11 @@ def find_binary(name: str) -> str | None:
     )
 
 
-def free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise LabError("no free port")
+def free_port() -> int:
+    """An ephemeral port, not a fixed one, so parallel test runs on one machine don't clash."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -55,7 +51,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
     while time.monotonic() < deadline:
         try:
             result = predicate()
-        except Exception as exc:  # polled again until the deadline
+        except (pymysql.err.Error, OSError, LabError) as exc:  # polled again until the deadline
             last_error = exc
             result = None
         if result:
@@ -106,11 +102,22 @@ class Server:
         ]
         if os.geteuid() == 0:
             cmd.append("--user=mysql")
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise LabError(f"mariadb-install-db failed for {self.name}:\n{done.stderr[-3000:]}")
 
-    def start(self) -> None:
+    def start(self, tries: int = 1) -> None:
+        """Start and wait until it answers; with tries > 1, move port if this one got taken."""
+        for attempt in range(tries):
+            try:
+                return self._start_once()
+            except LabError:
+                if attempt + 1 == tries or "Address already in use" not in self.log_tail():
+                    raise
+                self.stop()
+                self.port = free_port()
+
+    def _start_once(self) -> None:
         cmd = [
             find_binary("mariadbd"),
             "--no-defaults",
@@ -200,6 +207,34 @@ class Server:
             return rows
 
 
+def make_tls_files(directory: str) -> dict[str, str]:
+    """A test CA and a server certificate for 127.0.0.1 (IP SAN), made with openssl."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise LabError("openssl not found (needed for the TLS test certificates)")
+    os.makedirs(directory)
+    files = {n: os.path.join(directory, f"{n}.pem") for n in ("ca", "ca_key", "cert", "key")}
+    csr = os.path.join(directory, "server.csr")
+    ext = os.path.join(directory, "san.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+         "/CN=foobar test CA", "-keyout", files["ca_key"], "-out", files["ca"]],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", files["key"], "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca_key"],
+         "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", files["cert"]],
+    ]  # fmt: skip
+    for step in steps:
+        done = subprocess.run([openssl, *step], check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise LabError(f"openssl {step[0]} failed: {done.stderr[-2000:]}")
+    for path in (directory, *files.values()):
+        _own(path)
+    return files
+
+
 def _own(path: str) -> None:
     if os.geteuid() == 0:
         shutil.chown(path, "mysql", "mysql")
@@ -210,6 +245,7 @@ class Lab:
     basedir: str
     primary: Server
     replica: Server
+    tls_ca: str  # CA that signed both servers' certificates
 
     @classmethod
     def start(cls) -> Lab:
@@ -221,9 +257,15 @@ class Lab:
             )
         basedir = tempfile.mkdtemp(prefix="foobar-mariadb-")
         _own(basedir)
+        tls = make_tls_files(os.path.join(basedir, "tls"))
+        tls_options = [
+            f"--ssl-ca={tls['ca']}",
+            f"--ssl-cert={tls['cert']}",
+            f"--ssl-key={tls['key']}",
+        ]
         primary = Server(
             "primary",
-            free_port(33061),
+            free_port(),
             basedir,
             [
                 "--server-id=1",
@@ -231,19 +273,26 @@ class Lab:
                 "--binlog-format=ROW",
                 "--gtid-strict-mode=ON",
                 "--gtid-domain-id=0",
+                *tls_options,
             ],
         )
         replica = Server(
             "replica",
-            free_port(33062 if primary.port != 33062 else 33063),
+            next(p for p in iter(free_port, None) if p != primary.port),
             basedir,
-            ["--server-id=2", "--read-only=ON", "--gtid-strict-mode=ON", "--relay-log=relay"],
+            [
+                "--server-id=2",
+                "--read-only=ON",
+                "--gtid-strict-mode=ON",
+                "--relay-log=relay",
+                *tls_options,
+            ],
         )
-        lab = cls(basedir, primary, replica)
+        lab = cls(basedir, primary, replica, tls["ca"])
         try:
             for server in (primary, replica):
                 server.install()
-                server.start()
+                server.start(tries=3)
             lab._set_up()
         except BaseException:
             lab.stop()
@@ -293,9 +342,7 @@ class Lab:
             status = self.replica_status()
             if status.get("Slave_IO_Running") != "Yes" or status.get("Slave_SQL_Running") != "Yes":
                 return False
-            waited = self.replica.sql(
-                "SELECT MASTER_GTID_WAIT(%s, 1) AS w", args=(target,)
-            )[0]["w"]
+            waited = self.replica.sql("SELECT MASTER_GTID_WAIT(%s, 1) AS w", args=(target,))[0]["w"]
             return waited == 0
 
         wait_until(caught_up, timeout, f"replica to reach {target}", interval=0.1)
@@ -317,6 +364,6 @@ class Lab:
         for server in (self.replica, self.primary):
             try:
                 server.stop()
-            except Exception as exc:  # keep stopping the rest
+            except (OSError, subprocess.SubprocessError) as exc:  # keep stopping the rest
                 print(f"could not stop {server.name}: {exc}")
         shutil.rmtree(self.basedir, ignore_errors=True)

@@ -4,6 +4,7 @@ The settings point at ports nothing listens on, so these also show that a dead d
 gives clean 503s and that bad input is refused before any database work.
 """
 
+import io
 import json
 
 import pytest
@@ -67,10 +68,26 @@ def test_bad_posts_are_clean_4xx(offline_client, body, content_type, status):
 
 def test_oversize_body_is_413(offline_client):
     big = json.dumps({"author": "a", "body": "x" * 17000})
-    assert offline_client.post("/messages", data=big, content_type="application/json").status_code == 413
+    assert (
+        offline_client.post("/messages", data=big, content_type="application/json").status_code
+        == 413
+    )
     form = offline_client.post("/messages", data={"author": "a", "body": "x" * 17000})
     assert form.status_code == 413
     assert form.mimetype == "text/html"
+
+
+@pytest.mark.parametrize("size", [600, 17000])
+def test_chunked_bodies_are_limited_too(offline_client, size):
+    body = json.dumps({"author": "a", "body": "x" * size}).encode()
+    response = offline_client.post(
+        "/messages",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets it
+    )
+    assert response.status_code == (413 if size > 16384 else 422)
 
 
 def test_unknown_routes_are_404_html_or_json(offline_client):

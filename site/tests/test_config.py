@@ -1,8 +1,8 @@
 """Configuration from the environment, and clear errors when it is wrong."""
 
 import pytest
-from conftest import offline_env
 
+from conftest import offline_env
 from foobar.app import create_app
 from foobar.config import Config, ConfigError
 from foobar.db.nodes import NodeAddress, parse_address

@@ -18,7 +18,7 @@ from hastack.lab.lab import Lab
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="A highly available www.foobar.com: a one-box lab or your own servers.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 TopologyOpt = Annotated[Path | None, typer.Option(

@@ -7,7 +7,7 @@ far each host got, and turn the first failure into one clear error line.
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,8 @@ class _Progress:
         elif kind == "playbook_on_task_start":
             self.tasks_done += 1
             self.task = data.get("task", "")
+            if not self.console.is_terminal:
+                self.console.print(f"  {self.play} ▸ {self.task}", highlight=False)
         elif kind == "runner_on_ok":
             self.hosts_seen.add(host)
             if data.get("res", {}).get("changed"):
@@ -77,6 +79,18 @@ def _one_line(msg: Any) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+def control_path_dir(secrets_dir: Path) -> Path:
+    """SSH multiplexing sockets of one environment (closed by `hastack down` in the lab)."""
+    return secrets_dir.parent / "ssh-cp"
+
+
+def close_connections(secrets_dir: Path) -> None:
+    """Ask every persistent SSH master of this environment to exit."""
+    for sock in control_path_dir(secrets_dir).glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "hastack"],
+                       capture_output=True, timeout=10)
+
+
 def run(inventory: Path, secrets_dir: Path, console: Console,
         extra_vars: dict[str, Any] | None = None, limit: str | None = None,
         tags: str | None = None) -> dict[str, Any]:
@@ -93,17 +107,17 @@ def run(inventory: Path, secrets_dir: Path, console: Console,
     }
     variables.update(extra_vars or {})
     runner_dir = secrets_dir.parent / "runner"
-    shutil.rmtree(runner_dir, ignore_errors=True)
-    runner_dir.mkdir(parents=True)
+    runner_dir.mkdir(parents=True, exist_ok=True)
     bin_dir = str(Path(sys.executable).parent)
     env = {
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "ANSIBLE_CONFIG": str(paths.ANSIBLE_DIR / "ansible.cfg"),
         "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_path_dir(secrets_dir)),
     }
     progress = _Progress(console)
-    with Live(progress.render(), console=console, refresh_per_second=8,
-              transient=True) as live:
+    with Live(progress.render(), console=console, refresh_per_second=8, transient=True,
+              auto_refresh=console.is_terminal) as live:
         def on_event(event: dict[str, Any]) -> bool:
             progress.handle(event)
             live.update(progress.render())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hastack import paths
+from hastack import paths, ui
 from hastack.errors import HastackError
 
 
@@ -37,7 +37,7 @@ def ensure(console: Console) -> Path:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with console.status("building the site's wheelhouse"):
+    with ui.status(console, "building the site's wheelhouse"):
         result = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(tmp),
              str(paths.SITE_DIR)], capture_output=True, text=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from flask import Flask, g, request
+from flask import Flask, abort, g, request
 
 from foobar import errors, metrics, ops, views
 from foobar.config import Config
@@ -49,6 +49,14 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     @app.before_request
     def start_clock():
         g.started = time.perf_counter()
+
+    @app.before_request
+    def refuse_long_chunked_bodies():
+        # With a Content-Length Werkzeug refuses big bodies itself; a chunked body is only
+        # cut off at the limit, which would read as truncated JSON or form data.
+        if request.content_length is None and request.method in ("POST", "PUT", "PATCH"):
+            if len(request.get_data(cache=True)) >= MAX_REQUEST_BYTES:
+                abort(413)
 
     @app.after_request
     def stamp(response):

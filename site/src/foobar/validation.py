@@ -35,11 +35,11 @@ class NewMessage:
 
 
 def _clean(value: Any, max_len: int, allowed_controls: str) -> str:
-    """Return the trimmed text or raise ValueError saying what is wrong with it."""
+    """Return the trimmed text or raise ValueError/TypeError saying what is wrong."""
     if value is None:
         raise ValueError("is required")
     if not isinstance(value, str):
-        raise ValueError("must be a string")
+        raise TypeError("must be a string")
     text = value.replace("\r\n", "\n").strip()
     if not text:
         raise ValueError("must not be empty")
@@ -61,7 +61,7 @@ def validate_message(data: Mapping[str, Any]) -> NewMessage:
     for field, max_len, allowed in (("author", AUTHOR_MAX, ""), ("body", BODY_MAX, "\n\t")):
         try:
             cleaned[field] = _clean(data.get(field), max_len, allowed)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             errors[field] = str(exc)
     if errors:
         raise ValidationError(errors)

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from hastack import deploy, inventory, paths, topology
+from hastack import deploy, inventory, paths, topology, ui
 from hastack.errors import HastackError
 from hastack.lab import image, network
 from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools
@@ -73,13 +73,13 @@ class Lab:
         # Record intent first: whatever happens next, down/up know what may exist.
         self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
 
-        with console.status("lab image") as status:
+        with ui.status(console, "lab image") as status:
             root = image.ensure_image(lambda msg: status.update(f"lab image: {msg}"))
         self._ensure_ssh_key()
         network.ensure_bridges(topo)
 
         started = []
-        with console.status("starting machines") as status:
+        with ui.status(console, "starting machines") as status:
             for m in self.machines(topo):
                 if not m.running():
                     status.update(f"starting {m.name}")
@@ -90,7 +90,7 @@ class Lab:
             console.print(f"started {', '.join(started)}")
         self._write_known_hosts(topo)
         self._write_inventory(topo)
-        with console.status("waiting for SSH on every machine"):
+        with ui.status(console, "waiting for SSH on every machine"):
             self._wait_ssh(topo)
 
         fingerprint = self._fingerprint()
@@ -101,7 +101,7 @@ class Lab:
             self.deployed.write_text(fingerprint)
         else:
             console.print("deploy: nothing changed since the last deploy")
-        with console.status("waiting for the site on every virtual IP"):
+        with ui.status(console, "waiting for the site on every virtual IP"):
             wait_site(topo)
 
     def _retire_changed(self, previous: Topology, topo: Topology, console: Console) -> None:
@@ -197,6 +197,7 @@ class Lab:
         for name in all_lab_cgroups():
             if name not in known:
                 machines.append(LabMachine.orphan(name, self.dir))
+        deploy.close_connections(self.secrets)
         _stop_all(machines, graceful=True)
         network.remove_links()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -125,6 +125,8 @@ class LabMachine:
             "systemd-nspawn", "-D", str(self.merged), "-M", self.name, f"--hostname={self.name}",
             "--register=no", "--keep-unit", "--boot", "--console=pipe", "--link-journal=no",
             "--resolv-conf=off", "--timezone=off",
+            # The host's hard limit (20000 here) caps this; HAProxy and MariaDB need > 1024.
+            f"--rlimit=NOFILE={_nofile_hard()}",
         ]
         if has_public:
             nspawn.append(f"--network-veth-extra={host_veth(self.name, 0)}:{PUBLIC_IF}")
@@ -210,6 +212,12 @@ class LabMachine:
             except OSError:
                 continue
         return total
+
+
+def _nofile_hard() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 def _signal(pid: int, sig: int) -> None:

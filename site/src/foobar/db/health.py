@@ -61,7 +61,7 @@ def check_replica(node: Node, max_lag: float, clock: Callable[[], float] = time.
     try:
         rows = node.run(show)
     except NodeUnavailable as exc:
-        return ReplicaStatus(healthy=False, reason=f"unreachable: {exc.cause}", checked_at=clock())
+        return ReplicaStatus(healthy=False, reason=f"check failed: {exc.cause}", checked_at=clock())
     return status_from_rows(rows, max_lag, clock())
 
 

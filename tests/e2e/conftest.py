@@ -1,0 +1,79 @@
+"""End-to-end tests: one real lab per test session, driven through the real CLI.
+
+Needs root (bridges, containers). The lab is brought up once, by the first test that asks for
+it, and taken down at the end; test_99_down checks that nothing of it is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HASTACK = str(Path(sys.executable).parent / "hastack")
+
+
+def run(*args: str, check: bool = True, timeout: float = 1200,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([HASTACK, *args], capture_output=True, text=True, timeout=timeout,
+                            cwd=REPO, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        pytest.fail(f"hastack {' '.join(args)} exited {result.returncode}:\n"
+                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def poll(condition: Callable[[], object], timeout: float, what: str,
+         interval: float = 0.1) -> object:
+    """Wait for condition() to return something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - reported if we time out
+            last_exc = exc
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_exc})")
+
+
+class Lab:
+    def __init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.status = json.loads(run("status", "--json").stdout)
+        self.domain = self.status["site"]["domain"]
+        self.vips = self.status["site"]["vips"]
+
+    def machine(self, name: str) -> dict:
+        return next(m for m in self.status["machines"] if m["name"] == name)
+
+    def names(self, role: str) -> list[str]:
+        return [m["name"] for m in self.status["machines"] if role in m["roles"]]
+
+    def client(self, vip: str, **kw) -> httpx.Client:
+        return httpx.Client(base_url=f"http://{vip}", headers={"Host": self.domain},
+                            timeout=kw.pop("timeout", 5.0), **kw)
+
+    def ssh(self, machine: str, command: str, check: bool = True) -> str:
+        return run("ssh", machine, "--", command, check=check).stdout
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests need root: they create bridges and containers")
+    run("up")
+    yield Lab()
+    run("down", check=False)
