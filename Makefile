@@ -35,7 +35,6 @@ $(UV):
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock site/pyproject.toml
 	$(UV) sync --frozen --quiet
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e 'site[test]'
 	touch $@
 
 clean:

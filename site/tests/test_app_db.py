@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 
@@ -194,3 +195,16 @@ def test_metrics_count_queries_by_role(client):
     assert 'foobar_db_queries_total{kind="write",role="primary"}' in text
     assert 'foobar_db_queries_total{kind="read",role="replica"}' in text
     assert "foobar_read_your_writes_waits_total" in text
+
+
+def test_chunked_form_post_is_read_whole(client):
+    body = unique()
+    response = client.post(
+        "/messages",
+        input_stream=io.BytesIO(f"author=kim&body={body}".encode()),
+        content_type="application/x-www-form-urlencoded",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets it
+    )
+    assert response.status_code == 303
+    assert body in client.get("/api/messages?limit=5").text

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from hastack import deploy, topology
 from hastack.errors import HastackError
-from hastack.lab.lab import Lab
+from hastack.lab.lab import Lab, require_root
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="A highly available www.foobar.com: a one-box lab or your own servers.")
@@ -38,6 +38,7 @@ def up(topology_file: TopologyOpt = None,
        force_deploy: Annotated[bool, typer.Option(help="deploy even if nothing changed")] = False,
        ) -> None:
     """Create (or repair) the lab's machines and deploy the stack on them."""
+    require_root("up")
     topo = topology.load(_topology_path(topology_file))
     lab = Lab()
     lab.up(topo, console, force_deploy=force_deploy)

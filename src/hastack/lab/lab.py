@@ -78,16 +78,16 @@ class Lab:
         self._ensure_ssh_key()
         network.ensure_bridges(topo)
 
-        started = []
-        with ui.status(console, "starting machines") as status:
-            for m in self.machines(topo):
-                if not m.running():
+        to_start = [m for m in self.machines(topo) if not m.running()]
+        if to_start:
+            # A machine that boots must be deployed, even if this run is killed before that.
+            self.deployed.unlink(missing_ok=True)
+            with ui.status(console, "starting machines") as status:
+                for m in to_start:
                     status.update(f"starting {m.name}")
                     m.prepare(self.ssh_key.with_suffix(".pub").read_text())
                     m.start(root)
-                    started.append(m.name)
-        if started:
-            console.print(f"started {', '.join(started)}")
+            console.print(f"started {', '.join(m.name for m in to_start)}")
         self._write_known_hosts(topo)
         self._write_inventory(topo)
         with ui.status(console, "waiting for SSH on every machine"):
@@ -95,7 +95,7 @@ class Lab:
 
         fingerprint = self._fingerprint()
         unchanged = self.deployed.exists() and self.deployed.read_text() == fingerprint
-        if started or force_deploy or not unchanged:
+        if force_deploy or not unchanged:
             self.deployed.unlink(missing_ok=True)
             deploy.run(self.inventory, self.secrets, console)
             self.deployed.write_text(fingerprint)

@@ -1,0 +1,56 @@
+"""The first request path: LBs -> nginx -> gunicorn -> MariaDB, observed from the host."""
+
+from __future__ import annotations
+
+import uuid
+
+from .conftest import poll
+
+
+def test_every_web_and_app_machine_answers_in_turn(lab):
+    webs, apps = set(lab.names("web")), set(lab.names("app"))
+    for vip in lab.vips:
+        seen = []
+        with lab.client(vip) as c:
+            for _ in range(4 * len(webs) * len(apps)):
+                r = c.get("/")
+                assert r.status_code == 200
+                seen.append(r.headers["x-served-by"])
+        assert {s.split("/")[0] for s in seen} == webs, seen
+        assert {s.split("/")[1] for s in seen} == apps, seen
+        # round-robin: consecutive requests through one LB go to different web machines
+        firsts = [s.split("/")[0] for s in seen]
+        assert all(a != b for a, b in zip(firsts, firsts[1:], strict=False)), firsts
+
+
+def test_write_through_one_lb_read_through_the_other(lab):
+    body = f"written through {lab.vips[0]} {uuid.uuid4()}"
+    with lab.client(lab.vips[0]) as c:
+        r = c.post("/messages", json={"author": "e2e", "body": body})
+        assert r.status_code == 201, r.text
+        created = r.json()
+    with lab.client(lab.vips[-1]) as c:
+        def visible():
+            r = c.get(f"/api/messages/{created['id']}")
+            return r.status_code == 200 and r.json()["body"] == body
+        poll(visible, 10, "the row written through one LB to be readable through the other")
+        listing = c.get("/api/messages").json()
+        assert any(m["body"] == body for m in listing)
+
+
+def test_html_form_post_redirects_and_shows_the_row(lab):
+    body = f"form {uuid.uuid4()}"
+    with lab.client(lab.vips[0]) as c:
+        r = c.post("/messages", data={"author": "form", "body": body})
+        assert r.status_code == 303
+        page = c.get("/", cookies=r.cookies)
+        assert page.status_code == 200 and body in page.text
+        assert "text/html" in page.headers["content-type"]
+
+
+def test_static_assets_come_from_nginx_with_caching_headers(lab):
+    with lab.client(lab.vips[0]) as c:
+        r = c.get("/static/style.css")
+        assert r.status_code == 200
+        assert r.headers["x-served-by"].endswith("/static")
+        assert "max-age=3600" in r.headers["cache-control"]
