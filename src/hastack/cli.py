@@ -18,8 +18,10 @@ from hastack.lab.lab import Lab, require_root
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="A highly available www.foobar.com: a one-box lab or your own servers.")
-console = Console(stderr=True, soft_wrap=True)
-out = Console()
+# Progress and results go to stdout; stderr carries only the one-line error, if any.
+console = Console(soft_wrap=True)
+out = console
+err = Console(stderr=True, soft_wrap=True)
 
 TopologyOpt = Annotated[Path | None, typer.Option(
     "-t", "--topology", help="topology file (TOML); default: ./hastack.toml if present, "
@@ -130,14 +132,14 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except HastackError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
-        console.print("[red]error:[/red] interrupted; run the same command again to resume "
-                      "(or 'hastack down')", highlight=False, soft_wrap=True)
+        err.print("[red]error:[/red] interrupted; run the same command again to resume "
+                  "(or 'hastack down')", highlight=False)
         sys.exit(130)
     except PermissionError as exc:
-        console.print(f"[red]error:[/red] {exc}; run as root", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {exc}; run as root", highlight=False)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

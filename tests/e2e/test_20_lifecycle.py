@@ -31,8 +31,8 @@ def test_ssh_runs_a_command_on_the_machine(lab):
 
 def test_second_up_changes_nothing(lab):
     result = run("up")
-    assert "nothing changed since the last deploy" in result.stderr
-    assert "started" not in result.stderr
+    assert "nothing changed since the last deploy" in result.stdout
+    assert "started" not in result.stdout
 
 
 def _post(lab, body: str) -> int:

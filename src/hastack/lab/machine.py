@@ -118,6 +118,10 @@ class LabMachine:
         if self.running():
             return
         self._remove_cgroups()
+        # A machine killed a moment ago may still have its host-side veths (the kernel frees
+        # them with the network namespace, asynchronously); nspawn cannot reuse the names.
+        for net in (0, 1):
+            network.remove_link(host_veth(self.name, net))
         for cg in self._cgroups():
             cg.mkdir(exist_ok=True)
         has_public = self.machine.public_address is not None

@@ -94,6 +94,14 @@ def lab_links() -> list[str]:
                 if n.startswith(PREFIX)]
 
 
+def remove_link(name: str) -> None:
+    """Delete one device if it exists (a veth whose machine is gone, say)."""
+    with IPRoute() as ipr:
+        for index in ipr.link_lookup(ifname=name):
+            with contextlib.suppress(Exception):
+                ipr.link("del", index=index)
+
+
 def remove_links() -> None:
     """Delete every hs-* device (bridges, and veths left by a crash)."""
     with IPRoute() as ipr:
