@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hastack import deploy, topology
+from hastack import deploy, lb, topology
 from hastack.errors import HastackError
 from hastack.lab.lab import Lab, require_root
 
@@ -126,6 +126,38 @@ def deploy_cmd(inventory: Annotated[Path, typer.Option("-i", "--inventory",
     secrets = secrets_dir or inventory.resolve().parent / ".hastack-secrets" / inventory.stem
     deploy.run(inventory, secrets, console, extra_vars={"hastack_environment": "servers"},
                limit=limit)
+
+
+lb_app = typer.Typer(no_args_is_help=True, help="The load balancers' view of the web tier.")
+app.add_typer(lb_app, name="lb")
+
+
+@lb_app.command("drain")
+def lb_drain(server: Annotated[str, typer.Argument(help="web server, e.g. web1")],
+             wait: Annotated[float, typer.Option(help="seconds to wait for it to go idle")]
+             = 30.0) -> None:
+    """Stop sending new requests to a web server (on every LB); wait for it to go idle."""
+    took = lb.drain(Lab(), server, wait)
+    out.print(f"{server} drained on every load balancer ({took:.1f} s)")
+
+
+@lb_app.command("enable")
+def lb_enable(server: Annotated[str, typer.Argument(help="web server, e.g. web1")]) -> None:
+    """Put a drained web server back into rotation (on every LB)."""
+    lb.enable(Lab(), server)
+    out.print(f"{server} enabled on every load balancer")
+
+
+@lb_app.command("status")
+def lb_status() -> None:
+    """Each LB's view of each web server: state, health check, requests in flight."""
+    lab = Lab()
+    table = Table("lb", "server", "status", "check", "in flight", "total requests")
+    for name in [m.name for m in lab.require_topology().with_role("loadbalancer")]:
+        for server, row in lb.server_stats(lab, name).items():
+            table.add_row(name, server, row["status"], row["check_status"], row["scur"],
+                          row["stot"])
+    out.print(table)
 
 
 def main() -> None:

@@ -164,13 +164,14 @@ def run_load(
     stop_event: threading.Event | None = None,
     keepalive: bool = False,
     record_header: str = "x-served-by",
+    on_sample: Callable[[Sample], None] | None = None,
 ) -> LoadResult:
     """Send requests to url at `rate` per second until duration, max_requests or stop_event.
 
     Each request has `timeout` seconds from its scheduled time, including any wait for one
     of `concurrency` slots. Without keepalive every request opens a new connection, so each
     one is routed afresh. Blocks (runs its own event loop): call it from a thread to inject
-    faults meanwhile.
+    faults meanwhile. `on_sample` sees each sample as it completes (progress while it runs).
     """
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"rate must be a positive number, not {rate}")
@@ -207,7 +208,10 @@ def run_load(
         except Exception as exc:
             error = _error_kind(exc)
         end = time.monotonic()
-        return Sample(scheduled, end if start is None else start, end, status, error, value)
+        sample = Sample(scheduled, end if start is None else start, end, status, error, value)
+        if on_sample is not None:
+            on_sample(sample)
+        return sample
 
     async def load() -> LoadResult:
         slots = asyncio.Semaphore(concurrency)

@@ -133,6 +133,13 @@ class Lab:
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                 "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
 
+    def run_on(self, machine: str, command: str,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on a lab machine over SSH (as the admin bastion)."""
+        m = self.require_topology().machine(machine)
+        return subprocess.run(["ssh", *self.ssh_options(), f"root@{m.private_address}", command],
+                              capture_output=True, text=True, timeout=timeout)
+
     def _write_inventory(self, topo: Topology) -> None:
         connection = {
             "ansible_user": "root",

@@ -1,0 +1,79 @@
+"""Faults to inject into the lab, each returning the moment it took effect.
+
+Machines share the host's kernel, so CLOCK_MONOTONIC inside a machine is the host's: a fault
+run over SSH reports its own time.monotonic(), and failover times are measured from the
+instant of the fault, not from when SSH happened to connect.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pyroute2 import IPRoute
+
+from hastack.errors import HastackError
+from hastack.lab.lab import Lab
+from hastack.lab.machine import LabMachine, host_veth
+
+_STAMP_AND_RUN = ("python3 -c 'import subprocess,sys,time; t=time.monotonic(); "
+                  "r=subprocess.run(sys.argv[1:]); print(t); sys.exit(r.returncode)' ")
+
+
+def _lab_machine(lab: Lab, name: str) -> LabMachine:
+    topo = lab.require_topology()
+    return LabMachine(topo.machine(name), topo, lab.dir)
+
+
+def remote_at(lab: Lab, machine: str, command: str) -> float:
+    """Run a command on a machine; return the monotonic time at which it started there."""
+    result = lab.run_on(machine, _STAMP_AND_RUN + command)
+    if result.returncode != 0:
+        raise HastackError(f"on {machine}: '{command}' failed: {result.stderr.strip()}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def kill_service(lab: Lab, machine: str, unit: str) -> float:
+    """SIGKILL every process of a systemd unit (a crash, not a clean stop)."""
+    return remote_at(lab, machine, f"systemctl kill --signal=KILL {unit}")
+
+
+def stop_service(lab: Lab, machine: str, unit: str) -> float:
+    return remote_at(lab, machine, f"systemctl stop {unit}")
+
+
+def start_service(lab: Lab, machine: str, unit: str) -> float:
+    return remote_at(lab, machine, f"systemctl start {unit}")
+
+
+def power_off(lab: Lab, machine: str) -> float:
+    """Pull the plug: SIGKILL every process of the machine (no clean shutdown)."""
+    m = _lab_machine(lab, machine)
+    t = time.monotonic()
+    m.stop(graceful=False)
+    return t
+
+
+def power_on(lab: Lab, machine: str) -> float:
+    t = time.monotonic()
+    lab.start([machine])
+    return t
+
+
+def _link(machine: str, net: int, state: str) -> float:
+    name = host_veth(machine, net)
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise HastackError(f"{machine} has no link {name}; is it running?")
+        t = time.monotonic()
+        ipr.link("set", index=found[0], state=state)
+    return t
+
+
+def cut_link(machine: str, net: str = "public") -> float:
+    """Unplug a machine's cable (host side of its veth down): its peers see silence."""
+    return _link(machine, 0 if net == "public" else 1, "down")
+
+
+def restore_link(machine: str, net: str = "public") -> float:
+    return _link(machine, 0 if net == "public" else 1, "up")

@@ -1,0 +1,84 @@
+"""Take a web server out of rotation and back, on every load balancer at once.
+
+Uses HAProxy's runtime API (the admin socket on each LB): `drain` stops new requests to the
+server while the ones in flight finish; `enable` puts it back. The building block of a
+rolling deploy: drain, wait until idle, change, enable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import httpx
+
+from hastack.errors import HastackError
+from hastack.lab.lab import Lab
+
+BACKEND = "web"
+SOCKET = "/run/haproxy/admin.sock"
+STATS_PORT = 8404  # loadbalancer_stats_port in the role's defaults
+
+
+def _api(lab: Lab, lb: str, command: str) -> str:
+    result = lab.run_on(lb, f"echo '{command}' | socat stdio {SOCKET}")
+    if result.returncode != 0:
+        raise HastackError(f"{lb}: HAProxy runtime API failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _lbs_and_check(lab: Lab, server: str) -> list[str]:
+    topo = lab.require_topology()
+    webs = [m.name for m in topo.with_role("web")]
+    if server not in webs:
+        raise HastackError(f"'{server}' is not a web server of this lab; web servers: "
+                           f"{', '.join(webs)}")
+    return [m.name for m in topo.with_role("loadbalancer")]
+
+
+def server_stats(lab: Lab, lb: str) -> dict[str, dict[str, str]]:
+    """HAProxy's statistics for the web backend's servers, by server name.
+
+    Read from the stats page on the LB's private address (the host is the admin bastion):
+    a plain HTTP GET, fast enough to poll while faults are injected.
+    """
+    address = lab.require_topology().machine(lb).private_address
+    try:
+        response = httpx.get(f"http://{address}:{STATS_PORT}/stats;csv", timeout=2.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise HastackError(f"{lb}: HAProxy stats page unreachable: {exc}") from None
+    text = response.text.lstrip("# ")
+    rows = csv.DictReader(io.StringIO(text))
+    return {r["svname"]: r for r in rows if r["pxname"] == BACKEND
+            and r["svname"] not in ("FRONTEND", "BACKEND")}
+
+
+def set_state(lab: Lab, server: str, state: str) -> list[str]:
+    lbs = _lbs_and_check(lab, server)
+    for lb in lbs:
+        out = _api(lab, lb, f"set server {BACKEND}/{server} state {state}").strip()
+        if out:
+            raise HastackError(f"{lb}: HAProxy refused 'set server {BACKEND}/{server} state "
+                               f"{state}': {out}")
+    return lbs
+
+
+def drain(lab: Lab, server: str, wait: float = 30.0) -> float:
+    """Drain on every LB, then wait until none has a request in flight to it; seconds taken."""
+    started = time.monotonic()
+    lbs = set_state(lab, server, "drain")
+    deadline = started + wait
+    while True:
+        busy = [lb for lb in lbs if int(server_stats(lab, lb)[server]["scur"] or 0) > 0]
+        if not busy:
+            return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise HastackError(f"{server} still has requests in flight on {', '.join(busy)} "
+                               f"after {wait:.0f} s (drain is set; they will finish)")
+        time.sleep(0.2)
+
+
+def enable(lab: Lab, server: str) -> None:
+    set_state(lab, server, "ready")

@@ -1,0 +1,145 @@
+"""The load-balancer tier: DNS round-robin, VRRP failover, health checks, drain/enable.
+
+Faults are real (SIGKILL of a daemon, power cut of a machine); clients are the bounded load
+generator, which records which LB (X-LB) and which web server answered every request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from hastack import chaos
+from hastack import lb as lbtool
+from hastack.lab.lab import Lab as LabApi
+from hastack.loadgen import LoadResult, Sample, run_load
+
+from .conftest import poll, run
+
+
+class Load:
+    """Bounded load against one VIP in a background thread, for the length of a fault."""
+
+    def __init__(self, lab, vip: str, record_header: str = "x-lb", rate: float = 100,
+                 duration: float = 30.0):
+        self.stop = threading.Event()
+        self.result: LoadResult | None = None
+        self.live: list[Sample] = []
+        self._thread = threading.Thread(target=self._run, args=(
+            f"http://{vip}/", lab.domain, rate, duration, record_header), daemon=True)
+
+    def _run(self, url, host, rate, duration, header) -> None:
+        self.result = run_load(url, host_header=host, rate=rate, duration=duration,
+                               timeout=2.0, stop_event=self.stop, record_header=header,
+                               on_sample=self.live.append)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        poll(lambda: len(self.live) > 20, 10, "load running")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self._thread.join(timeout=30)
+        assert self.result is not None, "the load generator did not finish"
+
+    def more(self, n: int, what: str) -> None:
+        """Wait until n more requests completed."""
+        target = len(self.live) + n
+        poll(lambda: len(self.live) >= target, 10 + n / 50, what)
+
+
+def _lb_of(lab, vip: str) -> str:
+    with lab.client(vip, timeout=1.0) as c:
+        return c.get("/healthz").headers.get("x-lb", "")
+
+
+def _owners_are_the_masters(lab) -> bool:
+    return [_lb_of(lab, vip) for vip in lab.vips] == ["lb1", "lb2"]
+
+
+def test_dns_answers_both_vips(lab):
+    server = lab.status["site"]["dns"]
+    for name in (lab.domain, "foobar.com"):
+        reply = dns.query.udp(dns.message.make_query(name, "A"), server, timeout=2)
+        addresses = sorted(r.address for rrset in reply.answer for r in rrset
+                           if rrset.rdtype == dns.rdatatype.A)
+        assert addresses == sorted(lab.vips), (name, addresses)
+        assert reply.flags & dns.flags.AA
+
+
+def test_each_vip_is_served_by_its_master(lab):
+    poll(lambda: _owners_are_the_masters(lab), 15, "VIP-A on lb1 and VIP-B on lb2")
+
+
+def test_haproxy_killed_moves_the_vip(lab):
+    api = LabApi()
+    vip_a = lab.vips[0]
+    poll(lambda: _owners_are_the_masters(lab), 15, "the VIPs on their masters")
+    with Load(lab, vip_a) as load:
+        t_fault = chaos.kill_service(api, "lb1", "haproxy")
+        poll(lambda: any(s.header == "lb2" and s.start > t_fault for s in load.live), 10,
+             "VIP-A answered by lb2")
+    result = load.result
+    first = result.first_success_after(t_fault, lambda h: h == "lb2")
+    assert first is not None, result.served_by()
+    print(f"\nhaproxy SIGKILL on lb1: VIP-A answered by lb2 after {first - t_fault:.3f} s, "
+          f"{result.failed} failed of {result.sent}")
+    # systemd restarts HAProxy; the VIP returns to its master without a flap
+    poll(lambda: _owners_are_the_masters(lab), 20, "VIP-A back on lb1 once HAProxy is back")
+
+
+def test_lb_machine_power_cut_moves_both_vips_and_they_return(lab):
+    api = LabApi()
+    poll(lambda: _owners_are_the_masters(lab), 15, "the VIPs on their masters")
+    with Load(lab, lab.vips[0]) as load:
+        t_fault = chaos.power_off(api, "lb1")
+        poll(lambda: any(s.header == "lb2" and s.start > t_fault for s in load.live), 10,
+             "VIP-A answered by lb2")
+    first = load.result.first_success_after(t_fault, lambda h: h == "lb2")
+    print(f"\nlb1 power cut: VIP-A answered by lb2 after {first - t_fault:.3f} s")
+    assert all(_lb_of(lab, vip) == "lb2" for vip in lab.vips)
+    chaos.power_on(api, "lb1")
+    poll(lambda: _owners_are_the_masters(lab), 60, "VIP-A back on lb1 after it boots")
+
+
+def test_dead_nginx_fails_no_idempotent_request(lab):
+    api = LabApi()
+    with Load(lab, lab.vips[0], record_header="x-served-by", rate=100) as load:
+        t_fault = chaos.kill_service(api, "web1", "nginx")
+
+        def web1_out_of_rotation():
+            return all(lbtool.server_stats(api, lb)["web1"]["status"].startswith("DOWN")
+                       for lb in ("lb1", "lb2"))
+        poll(web1_out_of_rotation, 10, "web1 marked DOWN on both LBs", interval=0.05)
+        t_down = time.monotonic()
+        print(f"\nweb1 out of rotation on both LBs {t_down - t_fault:.2f} s after its nginx died")
+        load.more(100, "more load after web1 left")
+    result = load.result
+    late = [s for s in result.samples if s.start > t_down and s.ok]
+    print(f"\nnginx SIGKILL on web1: {result.failed} failed of {result.sent}")
+    assert result.failed == 0, [s for s in result.samples if s.failed][:5]
+    assert late and not any(s.header and s.header.startswith("web1/") for s in late)
+    chaos.start_service(api, "web1", "nginx")
+    poll(lambda: not any(lbtool.server_stats(api, lb)["web1"]["status"].startswith("DOWN")
+                         for lb in ("lb1", "lb2")), 15, "web1 back UP")
+
+
+def test_drain_and_enable_fail_no_request(lab):
+    with Load(lab, lab.vips[1], record_header="x-served-by", rate=100) as load:
+        run("lb", "drain", "web2")
+        t_drained = time.monotonic()
+        load.more(100, "load while web2 is drained")
+        run("lb", "enable", "web2")
+        t_enabled = time.monotonic()
+        load.more(100, "load after web2 is enabled")
+    result = load.result
+    assert result.failed == 0, [s for s in result.samples if s.failed][:5]
+    while_drained = [s.header for s in result.samples if t_drained < s.start < t_enabled - 0.1]
+    after = [s.header for s in result.samples if s.start > t_enabled + 0.5]
+    assert while_drained and not any(h.startswith("web2/") for h in while_drained)
+    assert any(h.startswith("web2/") for h in after)
