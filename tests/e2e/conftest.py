@@ -76,4 +76,5 @@ def lab() -> Lab:
         pytest.fail("end-to-end tests need root: they create bridges and containers")
     run("up")
     yield Lab()
-    run("down", check=False)
+    if not os.environ.get("HASTACK_KEEP_LAB"):  # developers: keep it up between runs
+        run("down", check=False)

@@ -134,12 +134,15 @@ def test_drain_and_enable_fail_no_request(lab):
         run("lb", "drain", "web2")
         t_drained = time.monotonic()
         load.more(100, "load while web2 is drained")
+        t_enabling = time.monotonic()
         run("lb", "enable", "web2")
         t_enabled = time.monotonic()
         load.more(100, "load after web2 is enabled")
     result = load.result
     assert result.failed == 0, [s for s in result.samples if s.failed][:5]
-    while_drained = [s.header for s in result.samples if t_drained < s.start < t_enabled - 0.1]
+    while_drained = [s for s in result.samples if t_drained < s.start < t_enabling]
     after = [s.header for s in result.samples if s.start > t_enabled + 0.5]
-    assert while_drained and not any(h.startswith("web2/") for h in while_drained)
+    assert while_drained
+    assert not [(s.start - t_drained, s.header) for s in while_drained
+                if s.header.startswith("web2/")]
     assert any(h.startswith("web2/") for h in after)

@@ -32,7 +32,7 @@ BASE_PACKAGES = [
 ]
 # what the roles install nothing of at deploy time, because machines are offline
 ROLE_PACKAGES = [
-    "haproxy", "keepalived", "nginx", "mariadb-server", "mariadb-client", "dnsmasq",
+    "haproxy", "keepalived", "socat", "nginx", "mariadb-server", "mariadb-client", "dnsmasq",
     "prometheus", "prometheus-alertmanager", "prometheus-node-exporter",
     "prometheus-blackbox-exporter", "prometheus-mysqld-exporter", "prometheus-nginx-exporter",
 ]

@@ -115,8 +115,15 @@ class LabMachine:
         return bool(self.pids())
 
     def start(self, image_root: Path) -> None:
+        """Boot the machine on the image its disk was made from (a newer image is for new
+        machines; an overlay must keep the lower layer it was written against)."""
         if self.running():
             return
+        recorded = self.dir / "image"
+        if recorded.exists() and Path(recorded.read_text()).is_dir():
+            image_root = Path(recorded.read_text())
+        else:
+            recorded.write_text(str(image_root))
         self._remove_cgroups()
         # A machine killed a moment ago may still have its host-side veths (the kernel frees
         # them with the network namespace, asynchronously); nspawn cannot reuse the names.
