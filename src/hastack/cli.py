@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hastack import deploy, lb, topology
+from hastack import db, deploy, lb, topology
 from hastack.errors import HastackError
 from hastack.lab.lab import Lab, require_root
 
@@ -158,6 +158,38 @@ def lb_status() -> None:
             table.add_row(name, server, row["status"], row["check_status"], row["scur"],
                           row["stot"])
     out.print(table)
+
+
+db_app = typer.Typer(no_args_is_help=True, help="The MariaDB primary-replica cluster.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("status")
+def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON array")] = False,
+              ) -> None:
+    """Each database node: role, GTID positions, replication threads, lag."""
+    nodes = db.status_dicts(Lab())
+    if as_json:
+        print(json.dumps(nodes))
+        return
+    table = Table("node", "role", "read only", "GTID (binlog)", "replicates from", "IO/SQL",
+                  "lag s", "threads running")
+    for n in nodes:
+        table.add_row(n["name"], n["role"], str(n["read_only"]), n["gtid_binlog_pos"],
+                      n["replicating_from"], f"{n['io_running']}/{n['sql_running']}".strip("/"),
+                      "" if n["lag_seconds"] is None else str(n["lag_seconds"]),
+                      "" if n["threads_running"] is None else str(n["threads_running"]))
+    out.print(table)
+
+
+@db_app.command("switchover")
+def db_switchover(target: Annotated[str, typer.Argument(help="replica to promote, e.g. db2")],
+                  ) -> None:
+    """Planned promotion of a replica to primary, losing no acknowledged write."""
+    timings = db.switchover(Lab(), target, console)
+    out.print(f"switchover done: caught up {timings['caught_up_s']:.2f} s, promoted "
+              f"{timings['promoted_s']:.2f} s, replicas repointed {timings['repointed_s']:.2f} s, "
+              f"configs redeployed {timings['redeployed_s']:.1f} s after writes stopped")
 
 
 def main() -> None:

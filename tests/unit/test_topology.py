@@ -126,3 +126,14 @@ def test_validation_errors(data, message):
     with pytest.raises(HastackError, match=message) as err:
         topology.parse(data)
     assert "\n" not in str(err.value)
+
+
+def test_with_primary_swaps_database_roles_only():
+    t = topology.parse({"counts": {"replicas": 2}})
+    s = t.with_primary("db2")
+    assert s.machine("db2").roles == ("db-primary",)
+    assert s.machine("db1").roles == ("db-replica",)
+    assert s.machine("db3").roles == ("db-replica",)
+    assert [m.addresses for m in s.machines] == [m.addresses for m in t.machines]
+    with pytest.raises(HastackError, match="web1 is not a database replica"):
+        t.with_primary("web1")

@@ -69,6 +69,7 @@ class Lab:
         self.dir.chmod(0o700)
 
         if previous is not None:
+            topo = _keep_current_primary(previous, topo, console)
             self._retire_changed(previous, topo, console)
         # Record intent first: whatever happens next, down/up know what may exist.
         self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
@@ -105,14 +106,27 @@ class Lab:
             wait_site(topo)
 
     def _retire_changed(self, previous: Topology, topo: Topology, console: Console) -> None:
-        """Destroy machines that left the topology or whose identity changed."""
-        wanted = {m.name: m for m in topo.machines}
+        """Destroy machines that left the topology or whose addresses changed.
+
+        A change of roles alone keeps the machine (and its data): the deploy converges it.
+        """
+        wanted = {m.name: m.addresses for m in topo.machines}
         for m in previous.machines:
-            if wanted.get(m.name) != m:
+            if wanted.get(m.name) != m.addresses:
                 console.print(f"removing {m.name} (not in the new topology as it was)")
                 LabMachine(m, previous, self.dir).destroy()
         if (previous.public_net, previous.private_net) != (topo.public_net, topo.private_net):
             network.remove_links()
+
+    def set_primary(self, name: str, console: Console) -> None:
+        """Record that `name` is now the database primary (after a switchover) and redeploy,
+        so every config (site, replicas, monitoring) agrees with the servers."""
+        topo = self.require_topology().with_primary(name)
+        self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
+        self._write_inventory(topo)
+        self.deployed.unlink(missing_ok=True)
+        deploy.run(self.inventory, self.secrets, console)
+        self.deployed.write_text(self._fingerprint())
 
     def _ensure_ssh_key(self) -> None:
         if self.ssh_key.exists():
@@ -133,12 +147,13 @@ class Lab:
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                 "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
 
-    def run_on(self, machine: str, command: str,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run_on(self, machine: str, command: str, timeout: float = 60,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a shell command on a lab machine over SSH (as the admin bastion)."""
         m = self.require_topology().machine(machine)
         return subprocess.run(["ssh", *self.ssh_options(), f"root@{m.private_address}", command],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout,
+                              input=stdin if stdin is not None else "")
 
     def _write_inventory(self, topo: Topology) -> None:
         connection = {
@@ -234,6 +249,20 @@ class Lab:
             "inventory": str(self.inventory),
             "machines": machines,
         }
+
+
+def _keep_current_primary(previous: Topology, topo: Topology, console: Console) -> Topology:
+    """After a switchover the lab's primary is not the one a topology file names: keep the
+    running primary (redeploying the old roles would make two writable nodes)."""
+    current = [m.name for m in previous.with_role("db-primary")]
+    wanted = [m.name for m in topo.with_role("db-primary")]
+    if current and wanted and current != wanted:
+        names = {m.name for m in topo.with_role("db-replica")}
+        if current[0] in names:
+            console.print(f"keeping {current[0]} as the database primary (since a switchover); "
+                          f"'hastack db switchover {wanted[0]}' moves it back")
+            return topo.with_primary(current[0])
+    return topo
 
 
 def _stop_all(machines: list[LabMachine], graceful: bool, timeout: float = 10.0) -> None:

@@ -1,0 +1,167 @@
+"""The database tier seen from the admin bastion: status of each node, planned switchover.
+
+Everything goes through SSH to the nodes and the `mariadb` client there (root over the local
+socket), so no database port is opened to the host.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.console import Console
+
+from hastack.errors import HastackError
+from hastack.lab.lab import Lab
+from hastack.topology import Topology
+
+STATUS_SQL = (
+    "SELECT @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, "
+    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME='THREADS_RUNNING'); SHOW SLAVE STATUS\\G"
+)
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    address: str
+    role: str  # primary | replica | down | unconfigured
+    read_only: bool | None = None
+    gtid_binlog_pos: str = ""
+    gtid_slave_pos: str = ""
+    replicating_from: str = ""
+    io_running: str = ""
+    sql_running: str = ""
+    lag_seconds: int | None = None
+    threads_running: int | None = None
+    error: str = ""
+
+
+def _sql(lab: Lab, node: str, sql: str, timeout: float = 30) -> str:
+    """Run SQL as root on a node; the SQL goes on stdin (no password on a command line)."""
+    result = lab.run_on(node, "mariadb -B -N", timeout=timeout, stdin=sql)
+    if result.returncode != 0:
+        raise HastackError(f"{node}: {result.stderr.strip() or 'mariadb failed'}")
+    return result.stdout
+
+
+def _db_nodes(topo: Topology) -> list[str]:
+    return [m.name for m in topo.machines if {"db-primary", "db-replica"} & set(m.roles)]
+
+
+def node_status(lab: Lab, topo: Topology, node: str) -> NodeStatus:
+    m = topo.machine(node)
+    st = NodeStatus(node, str(m.private_address), "down")
+    try:
+        out = lab.run_on(node, "mariadb -B", timeout=10, stdin=STATUS_SQL)
+    except Exception as exc:  # noqa: BLE001 - a node that cannot be asked is reported, not fatal
+        st.error = str(exc)
+        return st
+    if out.returncode != 0:
+        st.error = (out.stderr.strip() or "unreachable").splitlines()[-1]
+        return st
+    lines = out.stdout.splitlines()
+    values = lines[1].split("\t")
+    st.read_only = values[0] == "1"
+    st.gtid_binlog_pos, st.gtid_slave_pos = values[1], values[2]
+    st.threads_running = int(values[3])
+    slave = {}
+    for line in lines[2:]:
+        if ":" in line and not line.startswith("*"):
+            key, _, value = line.partition(":")
+            slave[key.strip()] = value.strip()
+    if slave.get("Master_Host"):
+        st.replicating_from = slave["Master_Host"]
+        st.io_running, st.sql_running = slave["Slave_IO_Running"], slave["Slave_SQL_Running"]
+        lag = slave.get("Seconds_Behind_Master", "NULL")
+        st.lag_seconds = None if lag == "NULL" else int(lag)
+    if not st.read_only:
+        st.role = "primary"
+    elif st.replicating_from:
+        st.role = "replica"
+    else:
+        st.role = "unconfigured"
+    return st
+
+
+def status(lab: Lab) -> list[NodeStatus]:
+    topo = lab.require_topology()
+    return [node_status(lab, topo, n) for n in _db_nodes(topo)]
+
+
+def status_dicts(lab: Lab) -> list[dict[str, Any]]:
+    return [asdict(s) for s in status(lab)]
+
+
+def switchover(lab: Lab, target: str, console: Console, catch_up_timeout: float = 30.0
+               ) -> dict[str, float]:
+    """Planned promotion of a replica, losing no acknowledged write.
+
+    1. checks: target replicates from the primary, threads running;
+    2. stop writes: the primary becomes read_only (the site retries refused writes);
+    3. wait until the target has applied the primary's last GTID (MASTER_GTID_WAIT);
+    4. promote: the target stops replicating and becomes writable;
+    5. repoint the old primary and every other replica at it (GTID, slave_pos);
+    6. record the new roles in the lab and redeploy so configs agree (not in the outage).
+    """
+    nodes = {s.name: s for s in status(lab)}
+    if target not in nodes:
+        raise HastackError(f"'{target}' is not a database node; nodes: {', '.join(nodes)}")
+    primaries = [s for s in nodes.values() if s.role == "primary"]
+    if len(primaries) != 1:
+        raise HastackError(f"expected exactly one writable primary, found "
+                           f"{', '.join(p.name for p in primaries) or 'none'}; fix that first")
+    old = primaries[0]
+    new = nodes[target]
+    if new.name == old.name:
+        raise HastackError(f"{target} is already the primary")
+    if new.role != "replica" or new.replicating_from != old.address:
+        raise HastackError(f"{target} does not replicate from {old.name}; cannot promote it")
+    if new.io_running != "Yes" or new.sql_running != "Yes":
+        raise HastackError(f"{target}'s replication is not running (IO {new.io_running}, "
+                           f"SQL {new.sql_running}); fix it before a switchover")
+    repl_user, repl_password = _replication_credentials(lab)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+
+    console.print(f"switchover {old.name} -> {target}: stopping writes on {old.name}")
+    _sql(lab, old.name, "SET GLOBAL read_only=ON; FLUSH TABLES")
+    timings["writes_stopped_at"] = started
+    final = _sql(lab, old.name, "SELECT @@gtid_binlog_pos").strip()
+    waited = _sql(lab, target, f"SELECT MASTER_GTID_WAIT('{final}', {catch_up_timeout})",
+                  timeout=catch_up_timeout + 15).strip()
+    if waited != "0":
+        _sql(lab, old.name, "SET GLOBAL read_only=OFF")
+        raise HastackError(f"{target} did not reach {old.name}'s position {final} within "
+                           f"{catch_up_timeout:.0f} s; writes re-enabled on {old.name}, "
+                           "nothing changed")
+    timings["caught_up_s"] = time.monotonic() - started
+    _sql(lab, target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only=OFF")
+    timings["promoted_s"] = time.monotonic() - started
+    console.print(f"{target} is the primary (writable {timings['promoted_s']:.2f} s after "
+                  f"writes stopped, at GTID {final})")
+
+    change = (f"CHANGE MASTER TO MASTER_HOST='{new.address}', MASTER_PORT=3306, "
+              f"MASTER_USER='{repl_user}', MASTER_PASSWORD='{repl_password}', "
+              "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1")
+    _sql(lab, old.name, f"SET GLOBAL gtid_slave_pos=@@gtid_binlog_pos; {change}; START SLAVE")
+    for other in nodes.values():
+        if other.name not in (old.name, target) and other.role == "replica":
+            _sql(lab, other.name, f"STOP SLAVE; {change}; START SLAVE")
+    timings["repointed_s"] = time.monotonic() - started
+    console.print(f"replicas now follow {target}; recording the new roles and redeploying")
+
+    lab.set_primary(target, console)
+    timings["redeployed_s"] = time.monotonic() - started
+    timings.pop("writes_stopped_at")
+    return timings
+
+
+def _replication_credentials(lab: Lab) -> tuple[str, str]:
+    secret = lab.secrets / "db_repl"
+    if not secret.exists():
+        raise HastackError(f"{secret} is missing; was the lab deployed?")
+    # the password lookup stores "password salt=..." on one line
+    return "repl", secret.read_text().split()[0]
