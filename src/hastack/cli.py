@@ -24,15 +24,18 @@ out = console
 err = Console(stderr=True, soft_wrap=True)
 
 TopologyOpt = Annotated[Path | None, typer.Option(
-    "-t", "--topology", help="topology file (TOML); default: ./hastack.toml if present, "
-                             "else the seed's topology")]
+    "-t", "--topology", help="topology file (TOML); default: ./hastack.toml if present, else "
+                             "the running lab's topology, else the seed's")]
 
 
-def _topology_path(path: Path | None) -> Path | None:
-    if path is not None:
-        return path
+def _topology(path: Path | None, lab: Lab) -> topology.Topology:
+    """An explicit file wins; then ./hastack.toml; then the lab as it is; then the seed."""
     default = Path("hastack.toml")
-    return default if default.exists() else None
+    if path is None and default.exists():
+        path = default
+    if path is not None:
+        return topology.load(path)
+    return lab.topology() or topology.load(None)
 
 
 @app.command()
@@ -41,8 +44,8 @@ def up(topology_file: TopologyOpt = None,
        ) -> None:
     """Create (or repair) the lab's machines and deploy the stack on them."""
     require_root("up")
-    topo = topology.load(_topology_path(topology_file))
     lab = Lab()
+    topo = _topology(topology_file, lab)
     lab.up(topo, console, force_deploy=force_deploy)
     vips = " ".join(str(v.address) for v in topo.vips)
     out.print(f"[bold green]www.foobar.com is up[/bold green] on {vips}")

@@ -137,3 +137,9 @@ def test_with_primary_swaps_database_roles_only():
     assert [m.addresses for m in s.machines] == [m.addresses for m in t.machines]
     with pytest.raises(HastackError, match="web1 is not a database replica"):
         t.with_primary("web1")
+
+
+@pytest.mark.parametrize("name", ["small.toml", "bigger.toml"])
+def test_examples_are_valid(name):
+    t = topology.load(Path(__file__).resolve().parents[2] / "examples" / name)
+    assert len(t.vips) == len(t.with_role("loadbalancer"))

@@ -1,0 +1,117 @@
+"""Database-tier figures on a running lab (`hastack up`). Prints one JSON object.
+
+- replication lag p50/p99 under a bounded write load (default 500 writes/s for 10 s), measured
+  on an app machine with the site's own credentials (GTID of each sampled write, waited for on
+  the replica with MASTER_GTID_WAIT);
+- read and write throughput of the site through a VIP vs directly to one gunicorn (wrk, same
+  run, ratio), to show what the LB and nginx hops cost;
+- switchover write outage: the longest a write waited (or failed) while the primary moved.
+
+    .venv/bin/python bench/db_tier.py [--rate 500] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from hastack import db
+from hastack.lab.lab import Lab
+from hastack.loadgen import run_load
+
+HERE = Path(__file__).resolve().parent
+POST_LUA = """wrk.method = "POST"
+wrk.body = '{"author": "wrk", "body": "throughput"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def replication_lag(lab: Lab, rate: float, seconds: float) -> dict:
+    nodes = db.status(lab)
+    primary = next(n for n in nodes if n.role == "primary")
+    replica = next(n for n in nodes if n.role == "replica")
+    app = lab.require_topology().with_role("app")[0].name
+    script = (HERE / "remote" / "replication_lag.py").read_text()
+    result = lab.run_on(app, "set -a; . /etc/foobar/site.env; python3 - "
+                             f"--primary {primary.address}:3306 --replica {replica.address}:3306 "
+                             f"--rate {rate} --seconds {seconds}",
+                        stdin=script, timeout=seconds + 60)
+    if result.returncode != 0:
+        raise SystemExit(f"lag probe failed on {app}: {result.stderr.strip()}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def wrk(url: str, host: str, lua: Path | None, seconds: int = 8) -> float:
+    cmd = ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Host: {host}", url]
+    if lua:
+        cmd[1:1] = ["-s", str(lua)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def throughput(lab: Lab) -> dict:
+    topo = lab.require_topology()
+    vip = str(topo.vips[0].address)
+    app = topo.with_role("app")[0]
+    lua = Path("/tmp/hastack-bench-post.lua")
+    lua.write_text(POST_LUA)
+    figures = {}
+    for kind, path, script in (("read", "/api/messages?limit=20", None),
+                               ("write", "/messages", lua)):
+        via_vip = wrk(f"http://{vip}{path}", topo.domain, script)
+        direct = wrk(f"http://{app.private_address}:8000{path}", topo.domain, script)
+        figures[f"{kind}_via_vip_rps"] = via_vip
+        figures[f"{kind}_direct_{app.name}_rps"] = direct
+        figures[f"{kind}_vip_to_direct_ratio"] = round(via_vip / direct, 2)
+    lua.unlink()
+    return figures
+
+
+def switchover_outage(lab: Lab) -> dict:
+    nodes = db.status(lab)
+    old = next(n for n in nodes if n.role == "primary").name
+    target = next(n for n in nodes if n.role == "replica").name
+    topo = lab.require_topology()
+    box, stop = {}, threading.Event()
+    t = threading.Thread(target=lambda: box.setdefault("r", run_load(
+        f"http://{topo.vips[0].address}/messages", host_header=topo.domain, rate=50,
+        duration=180, timeout=15.0, method="POST", json_body={"author": "b", "body": "s"},
+        stop_event=stop, record_header="x-db")))
+    t.start()
+    time.sleep(2)
+    started = time.monotonic()
+    subprocess.run([str(HERE.parent / ".venv/bin/hastack"), "db", "switchover", target],
+                   check=True, stdout=subprocess.DEVNULL)
+    total = time.monotonic() - started
+    time.sleep(2)
+    stop.set()
+    t.join()
+    r = box["r"]
+    window = [s for s in r.samples if s.scheduled >= started - 1]
+    worst = max((s.end - s.scheduled for s in window), default=0.0)
+    subprocess.run([str(HERE.parent / ".venv/bin/hastack"), "db", "switchover", old],
+                   check=True, stdout=subprocess.DEVNULL)
+    return {"switchover_command_s": round(total, 1), "writes": r.sent, "failed_writes": r.failed,
+            "longest_write_wait_s": round(worst, 2),
+            "write_outage_s": round(max(worst, r.longest_outage), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    lab = Lab()
+    figures = {"replication": replication_lag(lab, args.rate, args.seconds),
+               "throughput": throughput(lab),
+               "switchover": switchover_outage(lab)}
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The database tier through the real site: replication, read routing, read-your-writes,
+fallback, refusal of writes on replicas, switchover without lost writes, adding a replica."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from hastack.loadgen import run_load
+
+from .conftest import poll, run
+
+
+def sql(lab, node: str, query: str) -> str:
+    return lab.ssh(node, f"mariadb -B -N foobar -e \"{query}\"").strip()
+
+
+def db_nodes(lab) -> dict[str, dict]:
+    return {n["name"]: n for n in json.loads(run("db", "status", "--json").stdout)}
+
+
+def primary(lab) -> str:
+    return next(name for name, n in db_nodes(lab).items() if n["role"] == "primary")
+
+
+def replicas(lab) -> list[str]:
+    return [name for name, n in db_nodes(lab).items() if n["role"] == "replica"]
+
+
+def write(client, body: str) -> int:
+    r = client.post("/messages", json={"author": "db-e2e", "body": body})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def com_select(lab, node: str) -> int:
+    return int(sql(lab, node, "SHOW GLOBAL STATUS LIKE 'Com_select'").split()[1])
+
+
+def test_a_row_written_through_the_site_reaches_every_replica(lab):
+    body = f"replicated {uuid.uuid4()}"
+    with lab.client(lab.vips[0]) as c:
+        row = write(c, body)
+    for node in replicas(lab):
+        poll(lambda node=node: sql(lab, node, f"SELECT body FROM messages WHERE id={row}")
+             == body, 10, f"row {row} on {node}")
+
+
+def test_reads_go_to_a_replica_and_off_the_primary(lab):
+    p, r = primary(lab), replicas(lab)[0]
+    before = {p: com_select(lab, p), r: com_select(lab, r)}
+    roles = []
+    with lab.client(lab.vips[1]) as c:  # no read-your-writes cookie: any replica will do
+        for _ in range(100):
+            resp = c.get("/api/messages?limit=5")
+            assert resp.status_code == 200
+            roles.append(resp.headers["x-db-role"])
+    on_primary = com_select(lab, p) - before[p]
+    on_replica = com_select(lab, r) - before[r]
+    assert roles.count("replica") >= 95, roles
+    assert on_replica >= 95 and on_primary < on_replica / 3, (on_primary, on_replica)
+
+
+def test_lagging_replica_still_reads_your_writes_and_others_fall_back(lab):
+    r = replicas(lab)[0]
+    lab.ssh(r, "mariadb -e 'STOP SLAVE SQL_THREAD'")
+    try:
+        with lab.client(lab.vips[0]) as writer:
+            for i in range(5):
+                body = f"own write {i} {uuid.uuid4()}"
+                row = write(writer, body)
+                got = writer.get(f"/api/messages/{row}")  # carries the GTID cookie
+                assert got.status_code == 200 and got.json()["body"] == body
+                assert got.headers["x-db-role"] == "primary"
+        with lab.client(lab.vips[1]) as reader:  # no cookie
+            poll(lambda: reader.get("/api/messages").headers["x-db-role"] == "primary", 10,
+                 "reads without a cookie to leave the stopped replica")
+    finally:
+        lab.ssh(r, "mariadb -e 'START SLAVE SQL_THREAD'")
+    with lab.client(lab.vips[1]) as reader:
+        poll(lambda: reader.get("/api/messages").headers["x-db-role"] == "replica", 15,
+             "reads back on the replica once it caught up")
+
+
+def test_delayed_replica_beyond_the_lag_threshold_is_skipped(lab):
+    r = replicas(lab)[0]
+    lab.ssh(r, "mariadb -e 'STOP SLAVE; CHANGE MASTER TO MASTER_DELAY=4; START SLAVE'")
+    try:
+        stop = threading.Event()
+
+        def keep_writing():
+            with lab.client(lab.vips[0]) as c:
+                while not stop.wait(0.2):
+                    write(c, f"delayed {uuid.uuid4()}")
+        writer = threading.Thread(target=keep_writing, daemon=True)
+        writer.start()
+        with lab.client(lab.vips[1]) as reader:
+            poll(lambda: reader.get("/api/messages").headers["x-db-role"] == "primary", 15,
+                 "reads to fall back to the primary once lag > threshold")
+            with lab.client(lab.vips[0]) as me:
+                body = f"mine {uuid.uuid4()}"
+                row = write(me, body)
+                assert me.get(f"/api/messages/{row}").json()["body"] == body
+        stop.set()
+        writer.join(timeout=10)
+    finally:
+        lab.ssh(r, "mariadb -e 'STOP SLAVE; CHANGE MASTER TO MASTER_DELAY=0; START SLAVE'")
+
+
+def test_replica_down_reads_fail_nothing(lab):
+    r = replicas(lab)[0]
+    live = []
+    stop = threading.Event()
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", run_load(
+        f"http://{lab.vips[1]}/api/messages", host_header=lab.domain, rate=50, duration=30,
+        timeout=3.0, stop_event=stop, record_header="x-db-role", on_sample=live.append)))
+    t.start()
+    try:
+        poll(lambda: len(live) > 20, 10, "load running")
+        lab.ssh(r, "systemctl kill --signal=KILL mariadb; systemctl stop mariadb")
+        stopped_at = time.monotonic()
+        poll(lambda: len([s for s in live if s.start > stopped_at + 2]) > 50, 15,
+             "reads after the replica died")
+    finally:
+        stop.set()
+        t.join()
+        lab.ssh(r, "systemctl start mariadb")
+    result = box["r"]
+    assert result.failed == 0, [s for s in result.samples if s.failed][:5]
+    late = [s.header for s in result.samples if s.start > stopped_at + 2]
+    assert late and set(late) == {"primary"}
+
+
+def test_replica_refuses_writes_from_the_site_user(lab):
+    r = replicas(lab)[0]
+    address = db_nodes(lab)[r]["address"]
+    before = sql(lab, r, "SELECT COUNT(*) FROM messages")
+    out = lab.ssh("app1", "set -a; . /etc/foobar/site.env; MYSQL_PWD=$FOOBAR_DB_PASSWORD "
+                          f"mariadb -h {address} -u $FOOBAR_DB_USER $FOOBAR_DB_NAME "
+                          "-e \"INSERT INTO messages (author, body) VALUES ('x', 'y')\" 2>&1; "
+                          "true")
+    assert "ERROR 1290" in out and "read-only" in out, out
+    assert sql(lab, r, "SELECT COUNT(*) FROM messages") == before
+
+
+def test_bad_input_through_the_stack_is_a_clean_4xx(lab):
+    with lab.client(lab.vips[0]) as c:
+        count = len(c.get("/api/messages?limit=200").json())
+        cases = [
+            c.post("/messages", content=b"{not json", headers={"Content-Type":
+                                                              "application/json"}),
+            c.post("/messages", json={"author": "", "body": "x"}),
+            c.post("/messages", json={"author": "a", "body": 5}),
+            c.post("/messages", json={"author": "a", "body": "x" * 20000}),
+            c.post("/messages", json={"author": "'; DROP TABLE messages; --", "body": 1}),
+            c.get("/no/such/page"),
+            c.delete("/messages"),
+            c.get("/api/messages?limit=abc"),
+        ]
+        assert all(400 <= r.status_code < 500 for r in cases), [r.status_code for r in cases]
+        assert len(c.get("/api/messages?limit=200").json()) == count
+
+
+def test_switchover_keeps_every_acknowledged_write(lab):
+    old = primary(lab)
+    target = replicas(lab)[0]
+    live = []
+    stop = threading.Event()
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", run_load(
+        f"http://{lab.vips[0]}/messages", host_header=lab.domain, rate=20, duration=120,
+        timeout=10.0, method="POST", json_body={"author": "switch", "body": "over"},
+        stop_event=stop, record_header="location", on_sample=live.append)))
+    t.start()
+    try:
+        poll(lambda: len(live) > 10, 10, "write load running")
+        switched = run("db", "switchover", target)
+        n = len(live)
+        poll(lambda: len(live) > n + 20, 20, "writes after the switchover")
+    finally:
+        stop.set()
+        t.join()
+    print("\n" + switched.stdout.strip().splitlines()[-1])
+    result = box["r"]
+    acked = {int(s.header.rsplit("/", 1)[1]) for s in result.samples
+             if s.status == 201 and s.header}
+    assert acked and result.failed == 0, [s for s in result.samples if s.failed][:5]
+    assert primary(lab) == target
+    ids = ",".join(map(str, sorted(acked)))
+    for node in db_nodes(lab):
+        poll(lambda node=node: int(sql(lab, node, f"SELECT COUNT(*) FROM messages WHERE id IN "
+                                                  f"({ids})")) == len(acked),
+             15, f"every acknowledged write on {node}")
+    # and back, so the lab ends as it began
+    run("db", "switchover", old)
+    assert primary(lab) == old
+
+
+def test_added_replica_is_seeded_from_the_primary(lab, tmp_path: Path):
+    with lab.client(lab.vips[0]) as c:
+        before = write(c, f"before db3 {uuid.uuid4()}")
+    topology = tmp_path / "three-dbs.toml"
+    topology.write_text("[counts]\nreplicas = 2\n")
+    run("up", "-t", str(topology))
+    lab.refresh()
+    assert "db3" in replicas(lab)
+    assert sql(lab, "db3", f"SELECT COUNT(*) FROM messages WHERE id={before}") == "1"
+    with lab.client(lab.vips[0]) as c:
+        after = write(c, f"after db3 {uuid.uuid4()}")
+    poll(lambda: sql(lab, "db3", f"SELECT COUNT(*) FROM messages WHERE id={after}") == "1",
+         10, "a new row on db3")
+    counts = {n: sql(lab, n, "SELECT COUNT(*) FROM messages") for n in db_nodes(lab)}
+    poll(lambda: len({sql(lab, n, "SELECT COUNT(*) FROM messages") for n in counts}) == 1, 10,
+         f"the same rows everywhere ({counts})")
