@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # Install what the controller (this host) needs from Debian, only if something is missing.
+#  systemd-container, debootstrap: the lab machines and their image
+#  openssh-client: Ansible and `hastack ssh`;  wrk: benchmarks
+#  mariadb-server, openssl: the site's own tests start throwaway MariaDB servers (never the
+#  host's service: it is kept from starting during the install)
 set -euo pipefail
-packages=(systemd-container debootstrap openssh-client iproute2 util-linux wrk mariadb-client)
+packages=(systemd-container debootstrap openssh-client iproute2 util-linux wrk
+          mariadb-server mariadb-client openssl gzip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "error: missing Debian packages (${missing[*]}); run as root or apt-get install them" >&2
-    exit 1
-  fi
-  echo "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+[ "${#missing[@]}" -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: missing Debian packages (${missing[*]}); run as root or apt-get install them" >&2
+  exit 1
 fi
+echo "installing Debian packages: ${missing[*]}"
+policy=/usr/sbin/policy-rc.d
+own_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+fi
+trap 'if [ -n "$own_policy" ]; then rm -f "$policy"; fi' EXIT
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -70,6 +70,17 @@ class Lab:
         return run("ssh", machine, "--", command, check=check).stdout
 
 
+@pytest.fixture(scope="session", autouse=True)
+def clean_slate() -> None:
+    """Start from no lab: a previous run (or a killed session) may have left one behind,
+    and `down` is the documented way to clear it."""
+    if os.environ.get("HASTACK_KEEP_LAB"):
+        return
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests need root: they create bridges and containers")
+    run("down")
+
+
 @pytest.fixture(scope="session")
 def lab() -> Lab:
     if os.geteuid() != 0:
