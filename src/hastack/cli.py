@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hastack import db, deploy, lb, topology
+from hastack import inventory as inventory_model
 from hastack.errors import HastackError
 from hastack.lab.lab import Lab, require_root
 
@@ -126,6 +127,7 @@ def deploy_cmd(inventory: Annotated[Path, typer.Option("-i", "--inventory",
                limit: Annotated[str | None, typer.Option(help="only these hosts/groups")] = None,
                ) -> None:
     """Deploy the stack to real servers listed in an inventory (same playbook as the lab)."""
+    inventory_model.check_file(inventory)
     secrets = secrets_dir or inventory.resolve().parent / ".hastack-secrets" / inventory.stem
     deploy.run(inventory, secrets, console, extra_vars={"hastack_environment": "servers"},
                limit=limit)

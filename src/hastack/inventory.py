@@ -6,8 +6,12 @@ variables (see docs/real-servers.md), and the same playbook deploys both.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from hastack.errors import HastackError
 from hastack.lab.machine import PRIVATE_IF, PUBLIC_IF
 from hastack.topology import Topology
 
@@ -53,3 +57,59 @@ def build(topo: Topology, connection: dict[str, Any] | None = None) -> dict[str,
     }
     variables.update(connection or {})
     return {"all": {"vars": variables, "hosts": hosts, "children": children}}
+
+
+REQUIRED_GROUPS = ("loadbalancer", "web", "app", "db_primary")
+REQUIRED_VARS = ("hastack_domain", "hastack_vips", "hastack_public_net", "hastack_private_net",
+                 "hastack_admin_address")
+
+
+def check_file(path: Path) -> None:
+    """Catch a user's inventory mistakes before Ansible connects anywhere.
+
+    Only YAML inventories are read (an INI or dynamic inventory is passed to Ansible as is).
+    """
+    if not path.exists():
+        raise HastackError(f"{path}: no such inventory file")
+    if path.suffix not in (".yml", ".yaml"):
+        return
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HastackError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    root = data.get("all") if isinstance(data, dict) else None
+    if not isinstance(root, dict):
+        raise HastackError(f"{path}: expected a top-level 'all:' with hosts, vars and children")
+    hosts = root.get("hosts") or {}
+    children = root.get("children") or {}
+    variables = root.get("vars") or {}
+    for group in REQUIRED_GROUPS:
+        if not (children.get(group) or {}).get("hosts"):
+            raise HastackError(f"{path}: group '{group}' has no hosts; every stack needs "
+                               f"{', '.join(REQUIRED_GROUPS)} (see examples/servers.yml)")
+    for group, body in children.items():
+        for name in (body or {}).get("hosts") or {}:
+            if name not in hosts:
+                raise HastackError(f"{path}: host '{name}' of group '{group}' is not under "
+                                   "all.hosts; define it there with its addresses")
+    for name, hv in hosts.items():
+        hv = hv or {}
+        for key in ("ansible_host", "hastack_private_address", "hastack_private_interface"):
+            if key not in hv:
+                raise HastackError(f"{path}: all.hosts.{name}.{key} is missing")
+    lbs = list(children["loadbalancer"].get("hosts") or {})
+    for name in lbs + list((children.get("dns") or {}).get("hosts") or {}):
+        for key in ("hastack_public_address", "hastack_public_interface"):
+            if key not in (hosts[name] or {}):
+                raise HastackError(f"{path}: all.hosts.{name}.{key} is missing (load "
+                                   "balancers and DNS sit on the public net)")
+    for key in REQUIRED_VARS:
+        if key not in variables:
+            raise HastackError(f"{path}: all.vars.{key} is missing")
+    vips = variables["hastack_vips"]
+    if not isinstance(vips, list) or len(vips) != len(lbs):
+        raise HastackError(f"{path}: all.vars.hastack_vips must list one VIP (address, vrid) "
+                           f"per load balancer: {len(lbs)} load balancers")
+    vrids = [v.get("vrid") for v in vips if isinstance(v, dict)]
+    if len(set(vrids)) != len(vips) or None in vrids:
+        raise HastackError(f"{path}: all.vars.hastack_vips: each VIP needs its own vrid")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from pyroute2 import IPRoute
 
-from .conftest import HASTACK, run
+from .conftest import HASTACK, REPO, run
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -64,14 +66,23 @@ def test_bridge_name_taken(own_state):
 
 
 def test_unreachable_inventory_host(tmp_path: Path):
+    # The example inventory, every host pointed at a closed port on loopback: the connection
+    # is refused at once and nothing leaves the box.
+    data = yaml.safe_load((REPO / "examples" / "servers.yml").read_text())
+    for hv in data["all"]["hosts"].values():
+        hv.update(ansible_host="127.0.0.1", ansible_port=1)
     inventory = tmp_path / "servers.yml"
-    # A closed port on loopback: the connection is refused at once, nothing leaves the box.
-    inventory.write_text(
-        "all:\n  hosts:\n    web1:\n      ansible_host: 127.0.0.1\n      ansible_port: 1\n"
-        "      hastack_private_address: 127.0.0.1\n"
-        "  children:\n    web:\n      hosts:\n        web1: {}\n")
+    inventory.write_text(yaml.safe_dump(data))
     line = _one_line_error(run("deploy", "-i", str(inventory), check=False))
-    assert "deploy failed: web1 is unreachable" in line
+    assert re.search(r"deploy failed: \w+ is unreachable: ", line), line
+
+
+def test_invalid_inventory_is_refused_before_connecting(tmp_path: Path):
+    inventory = tmp_path / "servers.yml"
+    inventory.write_text("all:\n  hosts: {}\n  children: {}\n")
+    line = _one_line_error(run("deploy", "-i", str(inventory), check=False))
+    assert f"{inventory}: group 'loadbalancer' has no hosts" in line
+    assert not (tmp_path / ".hastack-secrets").exists()
 
 
 def test_unknown_machine_for_ssh(own_state, tmp_path: Path):

@@ -1,6 +1,12 @@
 """Topology -> Ansible inventory: groups and variables the roles rely on."""
 
+from pathlib import Path
+
+import pytest
+import yaml
+
 from hastack import inventory, topology
+from hastack.errors import HastackError
 
 
 def test_groups_follow_roles():
@@ -42,3 +48,37 @@ def test_no_replica_group_without_replicas():
     children = inv["all"]["children"]
     assert "db_replica" not in children
     assert set(children["database"]["children"]) == {"db_primary"}
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "servers.yml"
+
+
+def test_example_inventory_passes_the_check():
+    inventory.check_file(EXAMPLE)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["all"]["children"].pop("app"), r"group 'app' has no hosts"),
+    (lambda d: d["all"]["hosts"]["web1"].pop("hastack_private_address"),
+     r"all.hosts.web1.hastack_private_address is missing"),
+    (lambda d: d["all"]["hosts"]["lb2"].pop("hastack_public_interface"),
+     r"all.hosts.lb2.hastack_public_interface is missing"),
+    (lambda d: d["all"]["vars"]["hastack_vips"].pop(), r"one VIP \(address, vrid\) per load"),
+    (lambda d: d["all"]["vars"]["hastack_vips"][1].update(vrid=51), r"its own vrid"),
+    (lambda d: d["all"]["vars"].pop("hastack_domain"), r"all.vars.hastack_domain is missing"),
+    (lambda d: d["all"]["hosts"].pop("db2"), r"host 'db2' of group 'db_replica'|db2"),
+])
+def test_inventory_mistakes_are_named(tmp_path, edit, message):
+    data = yaml.safe_load(EXAMPLE.read_text())
+    edit(data)
+    f = tmp_path / "servers.yml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(HastackError, match=message):
+        inventory.check_file(f)
+
+
+def test_inventory_that_is_not_yaml(tmp_path):
+    f = tmp_path / "bad.yml"
+    f.write_text("all: [unclosed")
+    with pytest.raises(HastackError, match=r"bad.yml: not valid YAML"):
+        inventory.check_file(f)
