@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from hastack import deploy, inventory, paths, topology, ui
+from hastack import deploy, inventory, paths, topology, ui, wheelhouse
 from hastack.errors import HastackError
 from hastack.lab import image, network
 from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools
@@ -186,7 +186,6 @@ class Lab:
             if f.is_file() and "__pycache__" not in f.parts:
                 digest.update(str(f).encode())
                 digest.update(f.read_bytes())
-        from hastack import wheelhouse
         digest.update(wheelhouse.site_hash().encode())
         digest.update(image.image_key().encode())
         return digest.hexdigest()
