@@ -17,7 +17,7 @@ from hastack import inventory as inventory_model
 from hastack.errors import HastackError
 from hastack.lab.lab import Lab, require_root
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="A highly available www.foobar.com: a one-box lab or your own servers.")
 # Progress and results go to stdout; stderr carries only the one-line error, if any.
 console = Console(soft_wrap=True)

@@ -190,6 +190,14 @@ def build(target: Path, progress: Progress) -> None:
     progress(f"image ready in {info['build_seconds']} s")
 
 
+def prune_unused() -> None:
+    """Remove images older than the current recipe (call when no machine uses them)."""
+    current = image_root().parent
+    for d in images_dir().glob("debian12-*"):
+        if d != current and ".tmp-" not in d.name:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _remove_stale_builds() -> None:
     """Partial builds left by an interrupted run (their builder is gone)."""
     for d in images_dir().glob("*.tmp-*"):

@@ -222,6 +222,7 @@ class Lab:
         _stop_all(machines, graceful=True)
         network.remove_links()
         shutil.rmtree(self.dir, ignore_errors=True)
+        image.prune_unused()  # no machine is left on an older image
 
     # ---- status --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

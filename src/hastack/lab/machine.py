@@ -99,14 +99,17 @@ class LabMachine:
         return [root / cgroup_name(self.name) for root in CGROUP_ROOTS if root.is_dir()]
 
     def pids(self) -> list[int]:
-        """Every process of this machine, from its cgroups (sub-cgroups included)."""
+        """Every process of this machine, from its cgroups (sub-cgroups included).
+
+        The machine may be shutting down while we look: cgroups vanish under the walk.
+        """
         found: set[int] = set()
         for cg in self._cgroups():
-            if not cg.exists():
-                continue
-            for procs in cg.rglob("cgroup.procs"):
+            for dirpath, _dirs, files in os.walk(cg, onerror=lambda _err: None):
+                if "cgroup.procs" not in files:
+                    continue
                 try:
-                    found.update(int(p) for p in procs.read_text().split())
+                    found.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
                 except OSError:
                     continue
         return sorted(found)
@@ -202,11 +205,9 @@ class LabMachine:
 
     def _remove_cgroups(self) -> None:
         for cg in self._cgroups():
-            if not cg.exists():
-                continue
-            for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                d.rmdir()
-            cg.rmdir()
+            for dirpath, _dirs, _files in os.walk(cg, topdown=False, onerror=lambda _err: None):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(dirpath)
 
     def destroy(self) -> None:
         self.stop()
