@@ -65,6 +65,8 @@ def offline_env(**overrides: str) -> dict[str, str]:
         "FOOBAR_DB_PASSWORD": "pw",
         "FOOBAR_MACHINE": "app9",
         "FOOBAR_SECRET_KEY": "unit-test-secret",
+        # Nothing will come up: keep the wait for a writable node short.
+        "FOOBAR_WRITE_RETRY_SECONDS": "0.2",
     }
     env.update(overrides)
     return env

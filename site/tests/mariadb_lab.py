@@ -2,6 +2,10 @@
 
 Each server gets a temp datadir owned by the mysql user (mariadbd refuses to run as root),
 free ports, and is stopped by its own PID. Readiness is polled, never slept for.
+
+Both servers are set up the way a switchover needs (binary log with log_slave_updates,
+replication and site accounts on each), so `Lab.switchover` can swap their roles and
+`Lab.restore` can put the original arrangement back.
 """
 
 from __future__ import annotations
@@ -270,9 +274,11 @@ class Lab:
             [
                 "--server-id=1",
                 "--log-bin=primary-bin",
+                "--log-slave-updates=ON",
                 "--binlog-format=ROW",
                 "--gtid-strict-mode=ON",
                 "--gtid-domain-id=0",
+                "--relay-log=relay",
                 *tls_options,
             ],
         )
@@ -283,7 +289,12 @@ class Lab:
             [
                 "--server-id=2",
                 "--read-only=ON",
+                # A binlog with the replicated transactions in it: it can be promoted.
+                "--log-bin=replica-bin",
+                "--log-slave-updates=ON",
+                "--binlog-format=ROW",
                 "--gtid-strict-mode=ON",
+                "--gtid-domain-id=0",
                 "--relay-log=relay",
                 *tls_options,
             ],
@@ -302,50 +313,111 @@ class Lab:
     def _set_up(self) -> None:
         site = f"'{SITE_USER}'@'127.0.0.1'"
         # Accounts are made on each server, outside the binlog, so the replica's site user
-        # can have fewer rights than the primary's (no DDL there).
-        self.primary.sql(
-            "SET SESSION sql_log_bin = 0",
+        # can have fewer rights than the primary's (no DDL there). Both servers get the
+        # replication account, since either may be the primary after a switchover.
+        repl = (
             f"CREATE USER '{REPL_USER}'@'127.0.0.1' IDENTIFIED BY '{REPL_PASSWORD}'",
             f"GRANT REPLICATION SLAVE ON *.* TO '{REPL_USER}'@'127.0.0.1'",
+        )
+        # The router reads SHOW SLAVE STATUS of any read-only node, whatever its configured
+        # role: after a switchover the former primary is the replica.
+        monitor = f"GRANT SLAVE MONITOR ON *.* TO {site}"
+        self.primary.sql(
+            "SET SESSION sql_log_bin = 0",
+            *repl,
             f"CREATE USER {site} IDENTIFIED BY '{SITE_PASSWORD}'",
             f"GRANT {SITE_GRANTS}, {MIGRATION_GRANTS} ON `{DB_NAME}`.* TO {site}",
             f"GRANT {SITE_GRANTS}, {MIGRATION_GRANTS} ON `{DB_NAME}_migrations`.* TO {site}",
+            monitor,
         )
         self.replica.sql(
+            "SET SESSION sql_log_bin = 0",
+            *repl,
             f"CREATE USER {site} IDENTIFIED BY '{SITE_PASSWORD}'",
             f"GRANT {SITE_GRANTS} ON `{DB_NAME}`.* TO {site}",
             f"GRANT {SITE_GRANTS} ON `{DB_NAME}_migrations`.* TO {site}",
-            # The router reads SHOW SLAVE STATUS for replica health and lag.
-            f"GRANT SLAVE MONITOR ON *.* TO {site}",
+            monitor,
         )
         # Databases go through the binlog so the replica gets them by replication.
         self.primary.sql(
             f"CREATE DATABASE `{DB_NAME}` CHARACTER SET utf8mb4",
             f"CREATE DATABASE `{DB_NAME}_migrations` CHARACTER SET utf8mb4",
         )
-        self.replica.sql(
-            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={self.primary.port}, "
-            f"MASTER_USER='{REPL_USER}', MASTER_PASSWORD='{REPL_PASSWORD}', "
-            "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
-            "START SLAVE",
-        )
+        self.replica.sql(self._change_master(self.primary), "START SLAVE")
         self.wait_replica_caught_up()
+
+    @staticmethod
+    def _change_master(source: Server) -> str:
+        return (
+            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={source.port}, "
+            f"MASTER_USER='{REPL_USER}', MASTER_PASSWORD='{REPL_PASSWORD}', "
+            "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
+        )
 
     def replica_status(self) -> dict:
         rows = self.replica.sql("SHOW SLAVE STATUS")
         return rows[0] if rows else {}
 
     def wait_replica_caught_up(self, timeout: float = 30) -> None:
-        target = self.primary.sql("SELECT @@gtid_binlog_pos AS pos")[0]["pos"]
+        self.wait_caught_up(self.primary, self.replica, timeout)
+
+    @staticmethod
+    def wait_caught_up(source: Server, follower: Server, timeout: float = 30) -> None:
+        """Until `follower` replicates (both threads) and has applied all of `source`'s binlog."""
+        target = source.sql("SELECT @@gtid_binlog_pos AS pos")[0]["pos"]
 
         def caught_up():
-            status = self.replica_status()
+            rows = follower.sql("SHOW SLAVE STATUS")
+            status = rows[0] if rows else {}
             if status.get("Slave_IO_Running") != "Yes" or status.get("Slave_SQL_Running") != "Yes":
                 return False
-            waited = self.replica.sql("SELECT MASTER_GTID_WAIT(%s, 1) AS w", args=(target,))[0]["w"]
+            waited = follower.sql("SELECT MASTER_GTID_WAIT(%s, 1) AS w", args=(target,))[0]["w"]
             return waited == 0
 
-        wait_until(caught_up, timeout, f"replica to reach {target}", interval=0.1)
+        wait_until(caught_up, timeout, f"{follower.name} to reach {target}", interval=0.1)
+
+    @staticmethod
+    def read_only(server: Server) -> bool:
+        return bool(server.sql("SELECT @@global.read_only AS ro")[0]["ro"])
+
+    def switchover(
+        self, old: Server, new: Server, *, pause: float = 0.0, timeout: float = 10
+    ) -> None:
+        """Promote `new` the way `hastack db switchover` does; `old` then replicates from it.
+
+        pause: extra seconds with no node writable (as if catching up took that long).
+        """
+        old.sql("SET GLOBAL read_only = 1")
+        position = old.sql("SELECT @@gtid_binlog_pos AS pos")[0]["pos"]
+        waited = new.sql(
+            "SELECT MASTER_GTID_WAIT(%s, %s) AS w", args=(position, timeout)
+        )[0]["w"]
+        if waited != 0:
+            old.sql("SET GLOBAL read_only = 0")
+            raise LabError(f"{new.name} did not reach {position}; switchover abandoned")
+        if pause:
+            time.sleep(pause)
+        new.sql("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0")
+        old.sql(
+            "SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos",
+            self._change_master(new),
+            "START SLAVE",
+        )
+
+    def restore(self) -> None:
+        """Back to the start: `primary` writable, `replica` read-only replicating from it."""
+        rows = self.replica.sql("SHOW SLAVE STATUS")
+        follows_primary = bool(rows) and int(rows[0]["Master_Port"]) == self.primary.port
+        if follows_primary:
+            # Replication untouched (at most read_only flags changed): just set them back.
+            self.replica.sql("SET GLOBAL read_only = 1")
+            self.primary.sql("SET GLOBAL read_only = 0")
+        else:
+            # `replica` was promoted and `primary` follows it: switch back.
+            self.switchover(self.replica, self.primary)
+        if self.primary.sql("SHOW SLAVE STATUS"):
+            self.primary.sql("STOP SLAVE", "RESET SLAVE ALL")
+        self.wait_replica_caught_up()
 
     def env(self, machine: str = "app1", **overrides: str) -> dict[str, str]:
         env = {

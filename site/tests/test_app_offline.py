@@ -6,6 +6,7 @@ gives clean 503s and that bad input is refused before any database work.
 
 import io
 import json
+import time
 
 import pytest
 
@@ -22,8 +23,11 @@ def test_readyz_is_503_and_describes_each_node(offline_client):
     assert response.status_code == 503
     body = response.get_json()
     assert body["ready"] is False and body["machine"] == "app9"
-    assert [n["role"] for n in body["nodes"]] == ["primary", "replica"]
+    assert [n["configured_role"] for n in body["nodes"]] == ["primary", "replica"]
     assert all(n["ok"] is False and n["error"] for n in body["nodes"])
+    # Nobody answered, so nobody has a role.
+    assert all(n["role"] is None and n["read_only"] is None for n in body["nodes"])
+    assert body["primary"] is None
 
 
 def test_database_down_is_a_503_not_a_500(offline_client):
@@ -37,6 +41,15 @@ def test_database_down_is_a_503_not_a_500(offline_client):
     assert api.get_json()["status"] == 503
     post = offline_client.post("/messages", json={"author": "a", "body": "b"})
     assert post.status_code == 503
+    assert post.headers["Retry-After"] == "1"
+
+
+def test_write_waits_for_a_writable_node_only_as_long_as_the_budget(offline_client):
+    started = time.monotonic()
+    post = offline_client.post("/messages", json={"author": "a", "body": "b"})
+    elapsed = time.monotonic() - started
+    assert post.status_code == 503
+    assert 0.2 <= elapsed < 2.0  # FOOBAR_WRITE_RETRY_SECONDS=0.2 in offline_env
 
 
 @pytest.mark.parametrize(
@@ -139,5 +152,7 @@ def test_metrics_are_exposed(offline_client):
         "foobar_read_your_writes_waits_total",
         "foobar_read_your_writes_timeouts_total",
         "foobar_replica_fallbacks_total",
+        "foobar_db_primary_retries_total",
+        "foobar_db_multiple_writable_total",
     ):
         assert f"# HELP {name.removesuffix('_total')}" in text

@@ -27,6 +27,16 @@ def test_defaults_and_parsing():
     assert config.db.tls_ca is None
 
 
+def test_write_retry_budget():
+    env = offline_env()
+    del env["FOOBAR_WRITE_RETRY_SECONDS"]
+    assert Config.from_env(env).write_retry_seconds == 5.0
+    assert Config.from_env(offline_env(FOOBAR_WRITE_RETRY_SECONDS="0")).write_retry_seconds == 0
+    assert create_app(offline_env(FOOBAR_WRITE_RETRY_SECONDS="2.5")).extensions[
+        "foobar"
+    ].router.write_retry_seconds == 2.5
+
+
 def test_replicas_may_be_empty_or_absent():
     env = offline_env(FOOBAR_DB_REPLICAS="")
     assert Config.from_env(env).db.replicas == ()
@@ -51,6 +61,9 @@ def test_empty_password_is_allowed():
     [
         ("FOOBAR_MAX_REPLICA_LAG", "soon"),
         ("FOOBAR_GTID_WAIT_TIMEOUT", "-1"),
+        ("FOOBAR_WRITE_RETRY_SECONDS", "later"),
+        ("FOOBAR_WRITE_RETRY_SECONDS", "-0.5"),
+        ("FOOBAR_WRITE_RETRY_SECONDS", "30"),  # gunicorn would kill the waiting worker
         ("FOOBAR_DB_PRIMARY", "db1:notaport"),
         ("FOOBAR_DB_REPLICAS", "db2:99999"),
         ("FOOBAR_DB_TLS_CA", "/nonexistent/ca.pem"),

@@ -92,8 +92,9 @@ def test_dead_replica_means_reads_from_the_primary_without_errors(make_app, lab)
                 assert body in response.text
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        nodes = {n["role"]: n for n in ready.get_json()["nodes"]}
+        nodes = {n["configured_role"]: n for n in ready.get_json()["nodes"]}
         assert nodes["primary"]["ok"] and not nodes["replica"]["ok"]
+        assert (nodes["primary"]["role"], nodes["replica"]["role"]) == ("primary", None)
         # Across later health checks the replica stays known-down: still no errors.
         until = time.monotonic() + 1.5
         while time.monotonic() < until:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import pymysql
 import pytest
 
-from foobar.db.health import HealthCache, check_replica, status_from_rows
-from foobar.db.nodes import PRIMARY, REPLICA, NodeUnavailable
-from foobar.db.router import Router, RouterEvents
+from conftest import unused_port
+from foobar.db.health import HealthCache, check_node, status_from_rows
+from foobar.db.nodes import (
+    PRIMARY,
+    REPLICA,
+    ConnectSettings,
+    Node,
+    NodeAddress,
+    NodeUnavailable,
+)
+from foobar.db.router import BACKOFF_FIRST, BACKOFF_MAX, NoPrimary, Router, RouterEvents
 
 
 def slave_status(io="Yes", sql="Yes", lag=0):
@@ -14,38 +23,56 @@ def slave_status(io="Yes", sql="Yes", lag=0):
 
 
 class FakeNode:
+    """A stand-in server; `role` is what it says it is (PRIMARY = read_only 0)."""
+
     def __init__(self, name, role=REPLICA, *, rows=None, gtid_wait=0, down=False):
         self.name = name
-        self.role = role
+        self.read_only = role == REPLICA
         self.rows = slave_status() if rows is None else rows
         self.gtid_wait = gtid_wait
         self.down = down
         self.fail_reads = False
+        self.read_failures = 0  # this many reads fail (connection reset), then they work
+        self.lose_connection_mid_write = False
         self.statements: list[str] = []
         self.transactions = 0
+        self.committed = 0
 
     def run(self, work, *, transaction=False):
-        if self.down:
-            raise NodeUnavailable(self.name, ConnectionRefusedError("refused"))
+        if self.down:  # like Node.run when it cannot connect: nothing was sent
+            raise NodeUnavailable(self.name, ConnectionRefusedError("refused"), not_applied=True)
         self.transactions += transaction
-        return work(FakeCursor(self))
+        try:
+            result = work(FakeCursor(self, transaction))
+        except pymysql.err.OperationalError as exc:  # as Node.run classifies them
+            raise NodeUnavailable.from_error(self.name, exc, work_sent=True) from exc
+        self.committed += transaction
+        return result
 
 
 class FakeCursor:
-    def __init__(self, node):
+    def __init__(self, node, transaction=False):
         self.node = node
+        self.transaction = transaction
         self.result: list[dict] = []
 
     def execute(self, sql, args=None):
         node = self.node
         node.statements.append(sql)
-        if sql == "SHOW SLAVE STATUS":
+        if "@@global.read_only" in sql:
+            self.result = [{"read_only": int(node.read_only), "gtid_binlog_pos": "0-1-7"}]
+        elif sql == "SHOW SLAVE STATUS":
             self.result = node.rows
         elif "MASTER_GTID_WAIT" in sql:
             self.result = [{"waited": node.gtid_wait}]
         elif "@@last_gtid" in sql:
             self.result = [{"gtid": "0-1-7"}]
-        elif node.fail_reads:
+        elif self.transaction and node.read_only:
+            raise pymysql.err.OperationalError(1290, "running with the --read-only option")
+        elif self.transaction and node.lose_connection_mid_write:
+            raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+        elif node.fail_reads or node.read_failures:
+            node.read_failures = max(node.read_failures - 1, 0)
             raise NodeUnavailable(node.name, ConnectionResetError("reset mid-read"))
         else:
             self.result = [{"node": node.name}]
@@ -70,6 +97,30 @@ class Recorder(RouterEvents):
     def fallback(self, reason):
         self.events.append(("fallback", reason))
 
+    def retry(self, kind, reason):
+        self.events.append(("retry", kind, reason))
+
+    def multiple_writable(self, nodes):
+        self.events.append(("multiple_writable", tuple(nodes)))
+
+
+class FakeTime:
+    """clock/sleep for the router: sleeping advances the clock and may run a callback."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.on_sleep = None
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep(self.now)
+
 
 def who(cursor):
     cursor.execute("SELECT who")
@@ -82,12 +133,18 @@ def make_router(*replicas, **kwargs):
     return Router(primary, list(replicas), events=events, **kwargs), events
 
 
+def work_statements(node):
+    """What a node ran besides the router's role/health checks."""
+    checks = ("@@global.read_only", "SHOW SLAVE STATUS")
+    return [s for s in node.statements if not any(c in s for c in checks)]
+
+
 def test_writes_go_to_the_primary_in_a_transaction_and_return_its_gtid():
     router, events = make_router(FakeNode("db2"))
     written = router.write(who)
     assert (written.value, written.role, written.gtid) == ("db1", PRIMARY, "0-1-7")
-    assert router.primary.transactions == 1
-    assert router.replicas[0].statements == []
+    assert router.configured_primary.transactions == 1
+    assert work_statements(router.nodes[1]) == []
     assert events.events == [("query", PRIMARY, "write")]
 
 
@@ -129,10 +186,11 @@ def test_lag_equal_to_the_limit_is_accepted():
 
 
 def test_unreachable_replica_is_unhealthy():
-    router, _ = make_router(FakeNode("db2", down=True))
+    replica = FakeNode("db2", down=True)
+    router, _ = make_router(replica)
     assert router.read(who).role == PRIMARY
-    status = router.health.get(router.replicas[0])
-    assert not status.healthy and "check failed" in status.reason
+    status = router.view().status(replica)
+    assert not status.reachable and status.role is None and "check failed" in status.error
 
 
 def test_replica_failing_mid_read_falls_back_and_is_benched():
@@ -148,24 +206,24 @@ def test_replica_failing_mid_read_falls_back_and_is_benched():
     assert router.read(who).value == "db1"
 
 
-def test_primary_read_is_retried_once():
-    class Flaky(FakeNode):
-        failures = 1
-
-        def run(self, work, *, transaction=False):
-            if self.failures:
-                self.failures -= 1
-                raise NodeUnavailable(self.name, BrokenPipeError())
-            return super().run(work, transaction=transaction)
-
-    router, _ = make_router(primary=Flaky("db1", PRIMARY))
+def test_primary_read_is_retried_at_once():
+    primary = FakeNode("db1", PRIMARY)
+    primary.read_failures = 1
+    fake = FakeTime()
+    router, events = make_router(primary=primary, clock=fake.clock, sleep=fake.sleep)
     assert router.read(who).value == "db1"
+    assert fake.sleeps == []  # first retry without a pause, on a fresh connection
+    assert ("retry", "read", "unavailable") in events.events
 
 
-def test_primary_down_for_writes_raises():
-    router, _ = make_router(primary=FakeNode("db1", PRIMARY, down=True))
+def test_primary_down_for_writes_raises_after_the_retry_budget():
+    fake = FakeTime()
+    router, _ = make_router(
+        primary=FakeNode("db1", PRIMARY, down=True), clock=fake.clock, sleep=fake.sleep
+    )
     with pytest.raises(NodeUnavailable):
         router.write(who)
+    assert sum(fake.sleeps) == pytest.approx(router.write_retry_seconds)
 
 
 def test_client_gtid_is_waited_for_on_the_replica():
@@ -198,20 +256,20 @@ def test_health_is_checked_once_per_interval():
 
     def check(node):
         checks.append(node.name)
-        return check_replica(node, 1.0, clock=lambda: now[0])
+        return check_node(node, 1.0, clock=lambda: now[0])
 
     replica = FakeNode("db2")
     cache = HealthCache(check, interval=1.0, clock=lambda: now[0])
     router, _ = make_router(replica, health=cache)
     for _ in range(5):
         router.read(who)
-    assert checks == ["db2"]
+    assert checks == ["db1", "db2"]  # one round over every node
     replica.rows = slave_status(sql="No", lag=None)
     now[0] += 0.5
     assert router.read(who).value == "db2"  # still the cached answer
     now[0] += 0.6
     assert router.read(who).value == "db1"
-    assert checks == ["db2", "db2"]
+    assert checks == ["db1", "db2", "db1", "db2"]
 
 
 def test_status_from_rows_explains_itself():
@@ -219,3 +277,183 @@ def test_status_from_rows_explains_itself():
     assert status_from_rows(slave_status(lag=3), 1.0, 0).reason == "lag 3s > 1s"
     assert status_from_rows(slave_status(sql="No"), 1.0, 0).reason == "SQL thread not running"
     assert status_from_rows([], 1.0, 0).reason == "not a replica"
+
+
+# -- roles come from the servers -------------------------------------------------------
+
+
+def test_a_configured_replica_that_is_writable_is_the_primary():
+    old = FakeNode("db1", REPLICA)  # configured primary, now read-only and replicating
+    new = FakeNode("db2", PRIMARY)  # configured replica, promoted
+    router, events = make_router(new, primary=old)
+    view = router.view()
+    assert (view.primary, view.replicas) == (new, (old,))
+    written = router.write(who)
+    assert (written.value, written.node, written.role) == ("db2", new, PRIMARY)
+    assert old.transactions == 0
+    read = router.read(who)
+    assert (read.value, read.role) == ("db1", REPLICA)  # the former primary serves reads
+    assert ("query", REPLICA, "read") in events.events
+
+
+def test_a_writable_node_is_never_a_read_replica():
+    router, _ = make_router(FakeNode("db2", PRIMARY), FakeNode("db3"))
+    assert router.view().replicas == (router.nodes[2],)
+    assert {router.read(who).value for _ in range(4)} == {"db3"}
+
+
+def test_several_writable_prefers_the_configured_primary_and_counts_it_once_per_round():
+    now = [10.0]
+    router, events = make_router(FakeNode("db2", PRIMARY), clock=lambda: now[0])
+    for _ in range(3):
+        assert router.write(who).value == "db1"
+    assert events.events.count(("multiple_writable", ("db1", "db2"))) == 1
+    now[0] += 1.5  # next round: counted again, it is still going on
+    router.write(who)
+    assert events.events.count(("multiple_writable", ("db1", "db2"))) == 2
+
+
+def test_several_writable_without_the_configured_primary_takes_config_order():
+    router, events = make_router(
+        FakeNode("db2", PRIMARY), FakeNode("db3", PRIMARY), primary=FakeNode("db1", REPLICA)
+    )
+    assert router.write(who).value == "db2"
+    assert ("multiple_writable", ("db2", "db3")) in events.events
+
+
+def test_the_same_address_twice_is_one_node():
+    router, _ = make_router(FakeNode("db1", PRIMARY), FakeNode("db2"))
+    assert [n.name for n in router.nodes] == ["db1", "db2"]
+
+
+# -- writes: retried only when they certainly did not apply -----------------------------
+
+
+def test_write_refused_as_read_only_is_retried_on_the_new_primary_at_once():
+    old, new = FakeNode("db1", PRIMARY), FakeNode("db2")
+    fake = FakeTime()
+    router, events = make_router(new, primary=old, clock=fake.clock, sleep=fake.sleep)
+    assert router.view().primary is old  # cached: the app has not noticed anything yet
+    old.read_only, new.read_only = True, False  # the switchover happens
+    written = router.write(who)
+    assert (written.value, written.role) == ("db2", PRIMARY)
+    assert (old.transactions, old.committed, new.committed) == (1, 0, 1)
+    assert fake.sleeps == []  # the refused write made the router look again right away
+    assert ("retry", "write", "read_only") in events.events
+
+
+def test_write_that_could_not_connect_is_retried():
+    old, new = FakeNode("db1", PRIMARY), FakeNode("db2")
+    fake = FakeTime()
+    router, events = make_router(new, primary=old, clock=fake.clock, sleep=fake.sleep)
+    router.view()
+    old.down, new.read_only = True, False
+    assert router.write(who).value == "db2"
+    assert ("retry", "write", "unavailable") in events.events
+
+
+def test_write_lost_mid_statement_is_not_retried():
+    primary = FakeNode("db1", PRIMARY)
+    primary.lose_connection_mid_write = True
+    fake = FakeTime()
+    router, events = make_router(FakeNode("db2"), primary=primary, clock=fake.clock,
+                                 sleep=fake.sleep)
+    with pytest.raises(NodeUnavailable) as caught:
+        router.write(who)
+    assert caught.value.not_applied is False
+    assert primary.transactions == 1  # tried once: it may have committed
+    assert fake.sleeps == [] and not any(e[0] == "retry" for e in events.events)
+
+
+def test_no_writable_node_waits_with_backoff_then_gives_up():
+    primary, replica = FakeNode("db1", PRIMARY), FakeNode("db2")
+    fake = FakeTime()
+    router, events = make_router(replica, primary=primary, clock=fake.clock, sleep=fake.sleep,
+                                 write_retry_seconds=1.0)
+    router.view()
+    primary.read_only = True  # switchover: old primary stopped, new one not promoted yet
+    started = fake.now
+    with pytest.raises(NoPrimary) as caught:
+        router.write(who)
+    assert fake.now - started == pytest.approx(1.0)
+    assert fake.sleeps[0] == BACKOFF_FIRST and set(fake.sleeps[1:-1]) == {BACKOFF_MAX}
+    assert primary.committed == replica.committed == replica.transactions == 0
+    assert "no database node is writable" in str(caught.value)
+    assert ("retry", "write", "no_primary") in events.events
+
+
+def test_no_writable_node_then_a_promotion_within_the_budget():
+    primary, replica = FakeNode("db1", PRIMARY), FakeNode("db2")
+    fake = FakeTime()
+    router, _ = make_router(replica, primary=primary, clock=fake.clock, sleep=fake.sleep)
+    router.view()
+    primary.read_only = True
+    started = fake.now
+
+    def promote(now):
+        if now - started >= 0.5:
+            replica.read_only = False
+
+    fake.on_sleep = promote
+    written = router.write(who)
+    assert (written.value, written.role) == ("db2", PRIMARY)
+    assert 0.5 <= fake.now - started <= 0.5 + BACKOFF_MAX + 1e-9
+
+
+def test_zero_budget_means_no_retry():
+    primary = FakeNode("db1", PRIMARY)
+    router, events = make_router(primary=primary, write_retry_seconds=0)
+    router.view()
+    primary.read_only = True
+    with pytest.raises(NodeUnavailable):
+        router.write(who)
+    assert primary.transactions == 1 and not any(e[0] == "retry" for e in events.events)
+
+
+def test_reads_wait_for_a_primary_too_when_no_replica_fits():
+    primary, replica = FakeNode("db1", PRIMARY), FakeNode("db2", rows=slave_status(lag=9))
+    fake = FakeTime()
+    router, _ = make_router(replica, primary=primary, clock=fake.clock, sleep=fake.sleep)
+    primary.read_only, primary.rows = True, []  # read-only, not replicating (yet)
+    fake.on_sleep = lambda now: setattr(primary, "read_only", False)
+    routed = router.read(who)
+    assert (routed.value, routed.role) == ("db1", PRIMARY)
+
+
+def test_forced_refresh_is_a_new_round_shared_by_callers_after_the_same_failure():
+    primary = FakeNode("db1", PRIMARY)
+    fake = FakeTime()
+    router, _ = make_router(primary=primary, clock=fake.clock, sleep=fake.sleep)
+    first = router.view()
+    failed_at = fake.now
+    fake.now += 0.001
+    forced = router.view(newer_than=failed_at)
+    assert forced.snapshot.round == first.snapshot.round + 1
+    assert router.view(newer_than=failed_at) is forced  # another thread, same failure
+    assert router.view() is forced
+
+
+# -- which failures mean "not applied" ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "work_sent", "not_applied"),
+    [
+        (pymysql.err.OperationalError(1290, "--read-only"), True, True),
+        (pymysql.err.OperationalError(2013, "Lost connection during query"), True, False),
+        (pymysql.err.OperationalError(2006, "server has gone away"), True, False),
+        (pymysql.err.OperationalError(2013, "Lost connection during query"), False, True),
+        (ConnectionResetError(), True, False),
+    ],
+)
+def test_not_applied_classification(error, work_sent, not_applied):
+    exc = NodeUnavailable.from_error("db1", error, work_sent=work_sent)
+    assert exc.not_applied is not_applied
+    assert exc.read_only is (isinstance(error, pymysql.err.MySQLError) and error.args[0] == 1290)
+
+
+def test_a_refused_connection_means_nothing_was_applied():
+    node = Node(NodeAddress("127.0.0.1", unused_port()), ConnectSettings("db", "u", "pw"))
+    with pytest.raises(NodeUnavailable) as caught:
+        node.run(who, transaction=True)
+    assert caught.value.not_applied and not caught.value.read_only

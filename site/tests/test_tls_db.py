@@ -24,13 +24,13 @@ def test_connections_use_tls_verified_against_the_ca(make_app, lab):
 
 def test_a_server_signed_by_another_ca_is_refused(make_app, lab):
     other = make_tls_files(os.path.join(lab.basedir, "other-ca"))
-    app = make_app(env={"FOOBAR_DB_TLS_CA": other["ca"]})
+    app = make_app(env={"FOOBAR_DB_TLS_CA": other["ca"], "FOOBAR_WRITE_RETRY_SECONDS": "0.2"})
     client = app.test_client()
     assert client.get("/readyz").status_code == 503
     assert client.get("/api/messages").status_code == 503
     router = app.extensions["foobar"].router
     try:
-        router.primary.run(session_cipher)
+        router.configured_primary.run(session_cipher)
     except NodeUnavailable as exc:
         assert "certificate verify failed" in str(exc.cause).lower()
     else:

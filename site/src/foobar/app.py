@@ -11,7 +11,7 @@ from foobar import errors, metrics, ops, views
 from foobar.config import Config
 from foobar.context import Site
 from foobar.db.gtid import GtidCookie
-from foobar.db.nodes import PRIMARY, REPLICA, Node
+from foobar.db.nodes import Node
 from foobar.db.router import Router
 
 MAX_REQUEST_BYTES = 16 * 1024
@@ -23,13 +23,16 @@ _HTML_POLICY = (
 
 
 def build_router(config: Config) -> Router:
+    # The configured primary and replicas are the set of nodes; the router finds out from
+    # the servers themselves which one is the primary now (see foobar.db.router).
     settings = config.db.connect_settings()
     return Router(
-        Node(config.db.primary, PRIMARY, settings),
-        [Node(address, REPLICA, settings) for address in config.db.replicas],
+        Node(config.db.primary, settings),
+        [Node(address, settings) for address in config.db.replicas],
         max_lag=config.max_replica_lag,
         gtid_wait_timeout=config.gtid_wait_timeout,
         check_interval=config.replica_check_interval,
+        write_retry_seconds=config.write_retry_seconds,
         events=metrics.PrometheusEvents(),
     )
 
@@ -64,7 +67,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         node = g.get("db_node")
         if node is not None:
             response.headers["X-DB"] = node.name
-            response.headers["X-DB-Role"] = node.role
+            response.headers["X-DB-Role"] = g.db_role
             response.headers["Cache-Control"] = "no-store"
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         if response.mimetype == "text/html":

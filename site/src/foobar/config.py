@@ -17,6 +17,9 @@ class ConfigError(Exception):
     pass
 
 
+WRITE_RETRY_MAX = 20.0
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     primary: NodeAddress
@@ -37,7 +40,9 @@ class Config:
     db: DatabaseConfig
     max_replica_lag: float = 1.0
     gtid_wait_timeout: float = 0.5
-    # Not an env var: how long a replica health answer is reused (tests stretch it).
+    # How long work on the primary is retried when that is safe (see foobar.db.router).
+    write_retry_seconds: float = 5.0
+    # Not an env var: how long the nodes' role/health answers are reused (tests stretch it).
     replica_check_interval: float = 1.0
 
     @classmethod
@@ -49,6 +54,10 @@ class Config:
             db=database_from_env(env),
             max_replica_lag=_seconds(env, "FOOBAR_MAX_REPLICA_LAG", 1.0),
             gtid_wait_timeout=_seconds(env, "FOOBAR_GTID_WAIT_TIMEOUT", 0.5),
+            # Below gunicorn's 30 s worker timeout, so a waiting request is never killed.
+            write_retry_seconds=_seconds(
+                env, "FOOBAR_WRITE_RETRY_SECONDS", 5.0, maximum=WRITE_RETRY_MAX
+            ),
         )
 
 
@@ -90,7 +99,9 @@ def _address(text: str, name: str) -> NodeAddress:
         raise ConfigError(f"{name}: {exc}") from None
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(
+    env: Mapping[str, str], name: str, default: float, maximum: float = 3600.0
+) -> float:
     text = env.get(name, "").strip()
     if not text:
         return default
@@ -98,6 +109,6 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {text!r}") from None
-    if not 0 <= value < 3600:
-        raise ConfigError(f"{name} must be between 0 and 3600 seconds, got {text!r}")
+    if not 0 <= value < maximum:
+        raise ConfigError(f"{name} must be at least 0 and below {maximum:g} seconds, got {text!r}")
     return value

@@ -8,8 +8,7 @@ from flask import current_app, g
 
 from foobar.config import Config
 from foobar.db.gtid import GtidCookie
-from foobar.db.nodes import Node
-from foobar.db.router import Router
+from foobar.db.router import Routed, Router
 
 
 @dataclass
@@ -25,6 +24,7 @@ def current_site() -> Site:
     return current_app.extensions["foobar"]
 
 
-def answered_by(node: Node) -> None:
-    """Note which database node answered, for the X-DB / X-DB-Role headers."""
-    g.db_node = node
+def answered_by(routed: Routed) -> None:
+    """Note which database node answered and in which role, for X-DB / X-DB-Role."""
+    g.db_node = routed.node
+    g.db_role = routed.role

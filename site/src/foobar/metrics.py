@@ -53,6 +53,18 @@ FALLBACKS = Counter(
     "Reads sent to the primary although replicas are configured.",
     ["reason"],
 )
+PRIMARY_RETRIES = Counter(
+    "foobar_db_primary_retries_total",
+    "Work on the primary tried again because it was safe to (reason: read_only = refused "
+    "with error 1290, unavailable = not sent / connection failed, no_primary = no node "
+    "writable).",
+    ["kind", "reason"],
+)
+MULTIPLE_WRITABLE = Counter(
+    "foobar_db_multiple_writable_total",
+    "Rounds of node checks that found more than one writable node (split brain); "
+    "should stay 0.",
+)
 
 
 class PrometheusEvents(RouterEvents):
@@ -66,6 +78,12 @@ class PrometheusEvents(RouterEvents):
 
     def fallback(self, reason: str) -> None:
         FALLBACKS.labels(reason).inc()
+
+    def retry(self, kind: str, reason: str) -> None:
+        PRIMARY_RETRIES.labels(kind, reason).inc()
+
+    def multiple_writable(self, nodes) -> None:
+        MULTIPLE_WRITABLE.inc()
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:

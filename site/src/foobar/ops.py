@@ -1,8 +1,10 @@
 """Endpoints for machines rather than people: liveness, readiness and metrics.
 
 /healthz never touches the database, so a database outage does not get healthy app
-processes restarted. /readyz says whether this app can serve at all: true while the
-primary or any replica answers, since reads fall back and the board stays readable.
+processes restarted. /readyz says whether this app can serve at all: true while any
+database node answers, since reads fall back and the board stays readable. Per node it
+shows the role the server reports right now (from its @@read_only), the role configured
+for it (only a hint), and how the router currently uses it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from flask import Blueprint, Response, jsonify
 
 from foobar import metrics
 from foobar.context import current_site
-from foobar.db.nodes import REPLICA, Node, NodeUnavailable
+from foobar.db.nodes import PRIMARY, REPLICA, Node, NodeUnavailable
 
 bp = Blueprint("ops", __name__)
 
@@ -26,11 +28,15 @@ def healthz():
 
 
 def _probe(node: Node) -> dict:
-    report: dict = {"node": node.name, "role": node.role}
+    report: dict = {"node": node.name}
     try:
-        report.update(ok=True, seconds=round(node.probe(PROBE_TIMEOUT), 4), error=None)
+        seconds, read_only = node.probe(PROBE_TIMEOUT)
     except NodeUnavailable as exc:
-        report.update(ok=False, seconds=None, error=str(exc.cause))
+        report.update(role=None, read_only=None, ok=False, seconds=None, error=str(exc.cause))
+    else:
+        role = REPLICA if read_only else PRIMARY
+        report.update(role=role, read_only=read_only, ok=True, seconds=round(seconds, 4))
+        report["error"] = None
     return report
 
 
@@ -41,12 +47,27 @@ def readyz():
     nodes = router.nodes
     with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
         reports = list(pool.map(_probe, nodes))
-    known = router.health.snapshot()
+    view = router.view()  # the router's picture (at most ~1 s old), not this probe's
     for report, node in zip(reports, nodes, strict=True):
-        if node.role == REPLICA and node.name in known:
-            report["replication"] = known[node.name].as_dict()
+        report["configured_role"] = PRIMARY if node is router.configured_primary else REPLICA
+        if node is view.primary:
+            report["routed_as"] = PRIMARY
+        elif node in view.replicas:
+            report["routed_as"] = REPLICA
+        else:
+            report["routed_as"] = None
+        status = view.status(node)
+        report["gtid_binlog_pos"] = status.gtid_binlog_pos
+        if status.replication is not None:
+            report["replication"] = status.replication.as_dict()
     ready = any(r["ok"] for r in reports)
-    response = jsonify({"ready": ready, "machine": site.config.machine, "nodes": reports})
+    body = {
+        "ready": ready,
+        "machine": site.config.machine,
+        "primary": view.primary.name if view.primary else None,
+        "nodes": reports,
+    }
+    response = jsonify(body)
     response.status_code = 200 if ready else 503
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -30,7 +30,7 @@ def _client_gtid() -> str | None:
 
 def _render_board(status: int = 200, errors: dict | None = None, form: dict | None = None):
     routed = messages.latest(current_site().router, LIMIT_DEFAULT, _client_gtid())
-    answered_by(routed.node)
+    answered_by(routed)
     html = render_template(
         "index.html",
         messages=routed.value,
@@ -95,7 +95,7 @@ def _invalid(exc: ValidationError):
 
 def _store(new):
     written = messages.create(current_site().router, new)
-    answered_by(written.node)
+    answered_by(written)
     return written
 
 
@@ -127,7 +127,7 @@ def list_messages():
         response.status_code = 400
         return response
     routed = messages.latest(current_site().router, limit, _client_gtid())
-    answered_by(routed.node)
+    answered_by(routed)
     return jsonify([m.to_json() for m in routed.value])
 
 
@@ -136,7 +136,7 @@ def get_message(message_id: int):
     if message_id > _BIGINT_MAX:
         abort(404)
     routed = messages.get(current_site().router, message_id, _client_gtid())
-    answered_by(routed.node)
+    answered_by(routed)
     if routed.value is None:
         abort(404, f"no message {message_id}")
     return jsonify(routed.value.to_json())

@@ -9,7 +9,7 @@ from foobar.db.nodes import (
     NodeUnavailable,
     parse_address,
 )
-from foobar.db.router import Routed, Router, RouterEvents, Written
+from foobar.db.router import NoPrimary, RoleView, Routed, Router, RouterEvents, Written
 
 __all__ = [
     "PRIMARY",
@@ -18,6 +18,8 @@ __all__ = [
     "Node",
     "NodeAddress",
     "NodeUnavailable",
+    "NoPrimary",
+    "RoleView",
     "Routed",
     "Router",
     "RouterEvents",

@@ -1,9 +1,15 @@
-"""One MariaDB server as the app sees it: an address, a role and per-thread connections.
+"""One MariaDB server as the app sees it: an address and per-thread connections.
+
+A node has no fixed role: which node is the primary is whatever the servers say
+(@@read_only), which the router asks about (foobar.db.health) and may change at any time,
+e.g. in a planned switchover.
 
 Connections are plain PyMySQL, one per node per worker thread, so a gunicorn gthread
 worker never shares a socket between threads and needs no pool. Every connection failure
 drops the cached connection and surfaces as NodeUnavailable, which is what lets the router
-fall back to the primary instead of failing the request.
+fall back to another node instead of failing the request. NodeUnavailable also says
+whether the work certainly did not take effect (`not_applied`), which is what makes a
+write safe to retry elsewhere.
 """
 
 from __future__ import annotations
@@ -26,13 +32,46 @@ REPLICA = "replica"
 DEFAULT_PORT = 3306
 
 
-class NodeUnavailable(Exception):
-    """The node could not be reached or dropped the connection; the statement may not have run."""
+# ER_OPTION_PREVENTS_STATEMENT: "running with the --read-only option". The server refuses
+# the statement (or, at COMMIT, rolls the whole transaction back), so nothing was applied.
+ER_OPTION_PREVENTS_STATEMENT = 1290
 
-    def __init__(self, node_name: str, cause: BaseException):
+
+def is_read_only_refusal(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, pymysql.err.MySQLError)
+        and bool(exc.args)
+        and exc.args[0] == ER_OPTION_PREVENTS_STATEMENT
+    )
+
+
+class NodeUnavailable(Exception):
+    """The node could not be reached, dropped the connection, or refused to write.
+
+    not_applied is True only when the work certainly did not take effect: the connection
+    failed before any of it was sent (connect refused or timed out, or the BEGIN of a
+    transaction failed), or the server refused it because it is read-only (error 1290).
+    Otherwise (e.g. the connection was lost after an INSERT was sent) it may have
+    committed, and a write must not be repeated.
+    """
+
+    def __init__(self, node_name: str, cause: BaseException, *, not_applied: bool = False):
         super().__init__(f"{node_name}: {cause}")
         self.node_name = node_name
         self.cause = cause
+        self.not_applied = not_applied
+
+    @property
+    def read_only(self) -> bool:
+        """The server refused the work because it is read-only (no longer the primary)."""
+        return is_read_only_refusal(self.cause)
+
+    @classmethod
+    def from_error(
+        cls, node_name: str, exc: BaseException, *, work_sent: bool
+    ) -> NodeUnavailable:
+        """Wrap a driver error; work_sent: whether any of the work may have reached the server."""
+        return cls(node_name, exc, not_applied=not work_sent or is_read_only_refusal(exc))
 
 
 @dataclass(frozen=True)
@@ -112,19 +151,19 @@ def connect(address: NodeAddress, settings: ConnectSettings) -> pymysql.connecti
     try:
         return pymysql.connect(**settings.connect_kwargs(address))
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
-        raise NodeUnavailable(address.name, exc) from exc
+        # Nothing was sent yet: whatever was to run on this connection did not.
+        raise NodeUnavailable(address.name, exc, not_applied=True) from exc
 
 
 class Node:
-    """A server plus this process's per-thread connections to it."""
+    """A server plus this process's per-thread connections to it (no role: see the router)."""
 
     # A connection idle longer than this is pinged before use, so a server restart between
     # requests costs a reconnect instead of a failed write.
     ping_after_idle = 5.0
 
-    def __init__(self, address: NodeAddress, role: str, settings: ConnectSettings):
+    def __init__(self, address: NodeAddress, settings: ConnectSettings):
         self.address = address
-        self.role = role
         self.settings = settings
         self._local = threading.local()
 
@@ -133,7 +172,7 @@ class Node:
         return self.address.name
 
     def __repr__(self) -> str:
-        return f"Node({self.name}, {self.role})"
+        return f"Node({self.name})"
 
     def _connection(self) -> pymysql.connections.Connection:
         conn = getattr(self._local, "conn", None)
@@ -150,23 +189,38 @@ class Node:
         return conn
 
     def run(self, work: Callable[[Any], T], *, transaction: bool = False) -> T:
-        """Run work(cursor) on this node; with transaction=True inside BEGIN/COMMIT."""
-        conn = self._connection()
+        """Run work(cursor) on this node; with transaction=True inside BEGIN/COMMIT.
+
+        Raises NodeUnavailable (with not_applied set as described there) on connection
+        failures and on a read-only refusal; other database errors pass through.
+        """
+        conn = self._connection()  # NodeUnavailable(not_applied=True) if it cannot connect
+        work_sent = False
         try:
             with conn.cursor() as cursor:
                 if not transaction:
+                    work_sent = True
                     return work(cursor)
+                # A BEGIN that fails leaves nothing behind: the work is not sent yet.
                 conn.begin()
+                work_sent = True
                 try:
                     result = work(cursor)
                 except BaseException:
-                    conn.rollback()
+                    self._rollback(conn)
                     raise
                 conn.commit()
                 return result
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
             self.discard()
-            raise NodeUnavailable(self.name, exc) from exc
+            raise NodeUnavailable.from_error(self.name, exc, work_sent=work_sent) from exc
+
+    def _rollback(self, conn: pymysql.connections.Connection) -> None:
+        """Roll back after a failed statement, keeping that statement's error as the one raised."""
+        try:
+            conn.rollback()
+        except (pymysql.err.Error, OSError):
+            self.discard()  # broken: never reuse it (the server drops the transaction)
 
     def discard(self) -> None:
         """Forget this thread's connection (closing it if still open)."""
@@ -176,8 +230,8 @@ class Node:
             with contextlib.suppress(Exception):  # already broken, nothing to report
                 conn.close()
 
-    def probe(self, timeout: float = 1.0) -> float:
-        """SELECT 1 on a fresh short-lived connection; return seconds taken or raise."""
+    def probe(self, timeout: float = 1.0) -> tuple[float, bool]:
+        """Ask @@read_only on a fresh short-lived connection: (seconds taken, read_only)."""
         started = time.monotonic()
         settings = ConnectSettings(
             database=self.settings.database,
@@ -191,11 +245,11 @@ class Node:
         conn = connect(self.address, settings)
         try:
             with conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
-                cursor.fetchall()
+                cursor.execute("SELECT @@global.read_only AS read_only")
+                read_only = bool(int(cursor.fetchone()["read_only"]))
         except (pymysql.err.Error, OSError) as exc:
             raise NodeUnavailable(self.name, exc) from exc
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
-        return time.monotonic() - started
+        return time.monotonic() - started, read_only
