@@ -128,17 +128,20 @@ def switchover(lab: Lab, target: str, console: Console, catch_up_timeout: float 
 
     console.print(f"switchover {old.name} -> {target}: stopping writes on {old.name}")
     _sql(lab, old.name, "SET GLOBAL read_only=ON; FLUSH TABLES")
+    _persist_role(lab, old.name, primary=False)  # a reboot now must not make it writable
     timings["writes_stopped_at"] = started
     final = _sql(lab, old.name, "SELECT @@gtid_binlog_pos").strip()
     waited = _sql(lab, target, f"SELECT MASTER_GTID_WAIT('{final}', {catch_up_timeout})",
                   timeout=catch_up_timeout + 15).strip()
     if waited != "0":
         _sql(lab, old.name, "SET GLOBAL read_only=OFF")
+        _persist_role(lab, old.name, primary=True)
         raise HastackError(f"{target} did not reach {old.name}'s position {final} within "
                            f"{catch_up_timeout:.0f} s; writes re-enabled on {old.name}, "
                            "nothing changed")
     timings["caught_up_s"] = time.monotonic() - started
     _sql(lab, target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only=OFF")
+    _persist_role(lab, target, primary=True)
     timings["promoted_s"] = time.monotonic() - started
     console.print(f"{target} is the primary (writable {timings['promoted_s']:.2f} s after "
                   f"writes stopped, at GTID {final})")
@@ -157,6 +160,18 @@ def switchover(lab: Lab, target: str, console: Console, catch_up_timeout: float 
     timings["redeployed_s"] = time.monotonic() - started
     timings.pop("writes_stopped_at")
     return timings
+
+
+ROLE_FILE = "/etc/mysql/mariadb.conf.d/61-hastack-role.cnf"  # the database role's own file
+
+
+def _persist_role(lab: Lab, node: str, primary: bool) -> None:
+    """Write the node's role where MariaDB reads it at start, as the deploy would."""
+    content = (f"# managed by hastack: {'primary' if primary else 'replica'}\n[mariadbd]\n"
+               f"read_only = {'OFF' if primary else 'ON'}\n")
+    result = lab.run_on(node, f"cat > {ROLE_FILE}", stdin=content)
+    if result.returncode != 0:
+        raise HastackError(f"{node}: could not write {ROLE_FILE}: {result.stderr.strip()}")
 
 
 def _replication_credentials(lab: Lab) -> tuple[str, str]:
