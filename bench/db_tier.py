@@ -16,13 +16,12 @@ import argparse
 import json
 import re
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 from hastack import db
 from hastack.lab.lab import Lab
-from hastack.loadgen import run_load
+from hastack.loadgen import BackgroundLoad
 
 HERE = Path(__file__).resolve().parent
 POST_LUA = """wrk.method = "POST"
@@ -77,25 +76,20 @@ def switchover_outage(lab: Lab) -> dict:
     old = next(n for n in nodes if n.role == "primary").name
     target = next(n for n in nodes if n.role == "replica").name
     topo = lab.require_topology()
-    box, stop = {}, threading.Event()
-    t = threading.Thread(target=lambda: box.setdefault("r", run_load(
-        f"http://{topo.vips[0].address}/messages", host_header=topo.domain, rate=50,
-        duration=180, timeout=15.0, method="POST", json_body={"author": "b", "body": "s"},
-        stop_event=stop, record_header="x-db")))
-    t.start()
-    time.sleep(2)
-    started = time.monotonic()
-    subprocess.run([str(HERE.parent / ".venv/bin/hastack"), "db", "switchover", target],
-                   check=True, stdout=subprocess.DEVNULL)
-    total = time.monotonic() - started
-    time.sleep(2)
-    stop.set()
-    t.join()
-    r = box["r"]
+    hastack = str(HERE.parent / ".venv/bin/hastack")
+    with BackgroundLoad(f"http://{topo.vips[0].address}/messages", host_header=topo.domain,
+                        rate=50, timeout=15.0, method="POST",
+                        json_body={"author": "b", "body": "s"}, record_header="x-db") as bg:
+        bg.wait_for(100, 10)
+        started = time.monotonic()
+        subprocess.run([hastack, "db", "switchover", target], check=True,
+                       stdout=subprocess.DEVNULL)
+        total = time.monotonic() - started
+        bg.wait_for(len(bg.live) + 100, 10)
+    r = bg.result
     window = [s for s in r.samples if s.scheduled >= started - 1]
     worst = max((s.end - s.scheduled for s in window), default=0.0)
-    subprocess.run([str(HERE.parent / ".venv/bin/hastack"), "db", "switchover", old],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([hastack, "db", "switchover", old], check=True, stdout=subprocess.DEVNULL)
     return {"switchover_command_s": round(total, 1), "writes": r.sent, "failed_writes": r.failed,
             "longest_write_wait_s": round(worst, 2),
             "write_outage_s": round(max(worst, r.longest_outage), 2)}

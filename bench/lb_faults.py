@@ -22,7 +22,7 @@ import httpx
 
 from hastack import chaos, lb
 from hastack.lab.lab import Lab
-from hastack.loadgen import LoadResult, Sample, run_load
+from hastack.loadgen import BackgroundLoad, LoadResult
 
 
 def _lb_of(vip: str, domain: str) -> str:
@@ -55,20 +55,13 @@ def settle(lab: Lab) -> None:
 def under_load(lab: Lab, inject: Callable[[], float], rate: float, seconds: float,
                header: str) -> tuple[LoadResult, float]:
     topo = lab.require_topology()
-    vip = str(topo.vips[0].address)
-    live: list[Sample] = []
-    box: dict[str, LoadResult] = {}
-    stop = threading.Event()
-    thread = threading.Thread(target=lambda: box.setdefault("r", run_load(
-        f"http://{vip}/", host_header=topo.domain, rate=rate, duration=seconds + 5,
-        timeout=2.0, stop_event=stop, record_header=header, on_sample=live.append)))
-    thread.start()
-    _wait(lambda: len(live) > rate, 10, "load running")
-    t_fault = inject()
-    time.sleep(seconds)  # the load keeps its own timetable; this is the observation window
-    stop.set()
-    thread.join()
-    return box["r"], t_fault
+    with BackgroundLoad(f"http://{topo.vips[0].address}/", host_header=topo.domain, rate=rate,
+                        timeout=2.0, record_header=header) as bg:
+        if not bg.wait_for(int(rate), 10):
+            raise SystemExit("the load did not start")
+        t_fault = inject()
+        bg.wait_for(len(bg.live) + int(rate * seconds), seconds + 5)  # observation window
+    return bg.result, t_fault
 
 
 def lb_fault(lab: Lab, name: str, inject: Callable[[], float], repair: Callable[[], object],

@@ -252,6 +252,39 @@ def _error_kind(exc: Exception) -> str:
     return "other"
 
 
+class BackgroundLoad:
+    """run_load in a thread for the length of a `with` block, with samples visible as they
+    complete: the shape of every fault experiment (start load, inject, watch, stop)."""
+
+    def __init__(self, url: str, **options: Any):
+        self.live: list[Sample] = []
+        self.result: LoadResult | None = None
+        self._stop = threading.Event()
+        options.setdefault("duration", 300.0)  # the block ends it; this only bounds it
+        self._thread = threading.Thread(target=self._run, args=(url, options), daemon=True)
+
+    def _run(self, url: str, options: dict[str, Any]) -> None:
+        self.result = run_load(url, stop_event=self._stop, on_sample=self.live.append,
+                               **options)
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Wait until `count` requests completed in all; False if that took too long."""
+        deadline = time.monotonic() + timeout
+        while len(self.live) < count:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                return False
+            time.sleep(0.02)
+        return True
+
+    def __enter__(self) -> BackgroundLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hastack.loadgen",

@@ -11,11 +11,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+
+from hastack.loadgen import BackgroundLoad
 
 REPO = Path(__file__).resolve().parents[2]
 HASTACK = str(Path(sys.executable).parent / "hastack")
@@ -45,6 +48,24 @@ def poll(condition: Callable[[], object], timeout: float, what: str,
             last_exc = exc
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_exc})")
+
+
+@contextmanager
+def load(lab: Lab, vip: str, path: str = "/", header: str = "x-lb", rate: float = 100,
+         **options) -> Iterator[BackgroundLoad]:
+    """Bounded background load on one VIP for the length of the block (a fault experiment)."""
+    with BackgroundLoad(f"http://{vip}{path}", host_header=lab.domain, rate=rate,
+                        record_header=header, **{"timeout": 2.0, **options}) as bg:
+        if not bg.wait_for(20, 10):
+            pytest.fail(f"load on {vip}{path} did not start")
+        yield bg
+    assert bg.result is not None, "the load generator did not finish"
+
+
+def more(bg: BackgroundLoad, n: int, what: str) -> None:
+    """Wait until n more requests of a background load completed."""
+    if not bg.wait_for(len(bg.live) + n, 10 + n / 20):
+        pytest.fail(f"timed out waiting for {what}")
 
 
 class Lab:

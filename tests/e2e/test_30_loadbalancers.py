@@ -6,7 +6,6 @@ generator, which records which LB (X-LB) and which web server answered every req
 
 from __future__ import annotations
 
-import threading
 import time
 
 import dns.message
@@ -16,41 +15,8 @@ import dns.rdatatype
 from hastack import chaos
 from hastack import lb as lbtool
 from hastack.lab.lab import Lab as LabApi
-from hastack.loadgen import LoadResult, Sample, run_load
 
-from .conftest import poll, run
-
-
-class Load:
-    """Bounded load against one VIP in a background thread, for the length of a fault."""
-
-    def __init__(self, lab, vip: str, record_header: str = "x-lb", rate: float = 100,
-                 duration: float = 30.0):
-        self.stop = threading.Event()
-        self.result: LoadResult | None = None
-        self.live: list[Sample] = []
-        self._thread = threading.Thread(target=self._run, args=(
-            f"http://{vip}/", lab.domain, rate, duration, record_header), daemon=True)
-
-    def _run(self, url, host, rate, duration, header) -> None:
-        self.result = run_load(url, host_header=host, rate=rate, duration=duration,
-                               timeout=2.0, stop_event=self.stop, record_header=header,
-                               on_sample=self.live.append)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        poll(lambda: len(self.live) > 20, 10, "load running")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self._thread.join(timeout=30)
-        assert self.result is not None, "the load generator did not finish"
-
-    def more(self, n: int, what: str) -> None:
-        """Wait until n more requests completed."""
-        target = len(self.live) + n
-        poll(lambda: len(self.live) >= target, 10 + n / 50, what)
+from .conftest import load, more, poll, run
 
 
 def _lb_of(lab, vip: str) -> str:
@@ -80,11 +46,11 @@ def test_haproxy_killed_moves_the_vip(lab):
     api = LabApi()
     vip_a = lab.vips[0]
     poll(lambda: _owners_are_the_masters(lab), 15, "the VIPs on their masters")
-    with Load(lab, vip_a) as load:
+    with load(lab, vip_a) as bg:
         t_fault = chaos.kill_service(api, "lb1", "haproxy")
-        poll(lambda: any(s.header == "lb2" and s.start > t_fault for s in load.live), 10,
+        poll(lambda: any(s.header == "lb2" and s.start > t_fault for s in bg.live), 10,
              "VIP-A answered by lb2")
-    result = load.result
+    result = bg.result
     first = result.first_success_after(t_fault, lambda h: h == "lb2")
     assert first is not None, result.served_by()
     print(f"\nhaproxy SIGKILL on lb1: VIP-A answered by lb2 after {first - t_fault:.3f} s, "
@@ -96,11 +62,11 @@ def test_haproxy_killed_moves_the_vip(lab):
 def test_lb_machine_power_cut_moves_both_vips_and_they_return(lab):
     api = LabApi()
     poll(lambda: _owners_are_the_masters(lab), 15, "the VIPs on their masters")
-    with Load(lab, lab.vips[0]) as load:
+    with load(lab, lab.vips[0]) as bg:
         t_fault = chaos.power_off(api, "lb1")
-        poll(lambda: any(s.header == "lb2" and s.start > t_fault for s in load.live), 10,
+        poll(lambda: any(s.header == "lb2" and s.start > t_fault for s in bg.live), 10,
              "VIP-A answered by lb2")
-    first = load.result.first_success_after(t_fault, lambda h: h == "lb2")
+    first = bg.result.first_success_after(t_fault, lambda h: h == "lb2")
     print(f"\nlb1 power cut: VIP-A answered by lb2 after {first - t_fault:.3f} s")
     assert all(_lb_of(lab, vip) == "lb2" for vip in lab.vips)
     chaos.power_on(api, "lb1")
@@ -109,7 +75,7 @@ def test_lb_machine_power_cut_moves_both_vips_and_they_return(lab):
 
 def test_dead_nginx_fails_no_idempotent_request(lab):
     api = LabApi()
-    with Load(lab, lab.vips[0], record_header="x-served-by", rate=100) as load:
+    with load(lab, lab.vips[0], header="x-served-by") as bg:
         t_fault = chaos.kill_service(api, "web1", "nginx")
 
         def web1_out_of_rotation():
@@ -118,8 +84,8 @@ def test_dead_nginx_fails_no_idempotent_request(lab):
         poll(web1_out_of_rotation, 10, "web1 marked DOWN on both LBs", interval=0.05)
         t_down = time.monotonic()
         print(f"\nweb1 out of rotation on both LBs {t_down - t_fault:.2f} s after its nginx died")
-        load.more(100, "more load after web1 left")
-    result = load.result
+        more(bg, 100, "more load after web1 left")
+    result = bg.result
     late = [s for s in result.samples if s.start > t_down and s.ok]
     print(f"\nnginx SIGKILL on web1: {result.failed} failed of {result.sent}")
     assert result.failed == 0, [s for s in result.samples if s.failed][:5]
@@ -130,15 +96,15 @@ def test_dead_nginx_fails_no_idempotent_request(lab):
 
 
 def test_drain_and_enable_fail_no_request(lab):
-    with Load(lab, lab.vips[1], record_header="x-served-by", rate=100) as load:
+    with load(lab, lab.vips[1], header="x-served-by") as bg:
         run("lb", "drain", "web2")
         t_drained = time.monotonic()
-        load.more(100, "load while web2 is drained")
+        more(bg, 100, "load while web2 is drained")
         t_enabling = time.monotonic()
         run("lb", "enable", "web2")
         t_enabled = time.monotonic()
-        load.more(100, "load after web2 is enabled")
-    result = load.result
+        more(bg, 100, "load after web2 is enabled")
+    result = bg.result
     assert result.failed == 0, [s for s in result.samples if s.failed][:5]
     while_drained = [s for s in result.samples if t_drained < s.start < t_enabling]
     after = [s.header for s in result.samples if s.start > t_enabled + 0.5]

@@ -9,9 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from hastack.loadgen import run_load
-
-from .conftest import poll, run
+from .conftest import load, more, poll, run
 
 
 def sql(lab, node: str, query: str) -> str:
@@ -112,24 +110,16 @@ def test_delayed_replica_beyond_the_lag_threshold_is_skipped(lab):
 
 def test_replica_down_reads_fail_nothing(lab):
     r = replicas(lab)[0]
-    live = []
-    stop = threading.Event()
-    box = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", run_load(
-        f"http://{lab.vips[1]}/api/messages", host_header=lab.domain, rate=50, duration=30,
-        timeout=3.0, stop_event=stop, record_header="x-db-role", on_sample=live.append)))
-    t.start()
     try:
-        poll(lambda: len(live) > 20, 10, "load running")
-        lab.ssh(r, "systemctl kill --signal=KILL mariadb; systemctl stop mariadb")
-        stopped_at = time.monotonic()
-        poll(lambda: len([s for s in live if s.start > stopped_at + 2]) > 50, 15,
-             "reads after the replica died")
+        with load(lab, lab.vips[1], "/api/messages", header="x-db-role", rate=50,
+                  timeout=3.0) as bg:
+            lab.ssh(r, "systemctl kill --signal=KILL mariadb; systemctl stop mariadb")
+            stopped_at = time.monotonic()
+            poll(lambda: len([s for s in bg.live if s.start > stopped_at + 2]) > 50, 15,
+                 "reads after the replica died")
     finally:
-        stop.set()
-        t.join()
         lab.ssh(r, "systemctl start mariadb")
-    result = box["r"]
+    result = bg.result
     assert result.failed == 0, [s for s in result.samples if s.failed][:5]
     late = [s.header for s in result.samples if s.start > stopped_at + 2]
     assert late and set(late) == {"primary"}
@@ -168,24 +158,12 @@ def test_bad_input_through_the_stack_is_a_clean_4xx(lab):
 def test_switchover_keeps_every_acknowledged_write(lab):
     old = primary(lab)
     target = replicas(lab)[0]
-    live = []
-    stop = threading.Event()
-    box = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", run_load(
-        f"http://{lab.vips[0]}/messages", host_header=lab.domain, rate=20, duration=120,
-        timeout=10.0, method="POST", json_body={"author": "switch", "body": "over"},
-        stop_event=stop, record_header="location", on_sample=live.append)))
-    t.start()
-    try:
-        poll(lambda: len(live) > 10, 10, "write load running")
+    with load(lab, lab.vips[0], "/messages", header="location", rate=20, timeout=10.0,
+              method="POST", json_body={"author": "switch", "body": "over"}) as bg:
         switched = run("db", "switchover", target)
-        n = len(live)
-        poll(lambda: len(live) > n + 20, 20, "writes after the switchover")
-    finally:
-        stop.set()
-        t.join()
+        more(bg, 20, "writes after the switchover")
     print("\n" + switched.stdout.strip().splitlines()[-1])
-    result = box["r"]
+    result = bg.result
     acked = {int(s.header.rsplit("/", 1)[1]) for s in result.samples
              if s.status == 201 and s.header}
     assert acked and result.failed == 0, [s for s in result.samples if s.failed][:5]

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from hastack import loadgen
-from hastack.loadgen import LoadResult, Sample, run_load
+from hastack.loadgen import BackgroundLoad, LoadResult, Sample, run_load
 
 
 class _Server(ThreadingHTTPServer):
@@ -301,3 +301,14 @@ def test_cli_prints_the_summary(server: _Server, capsys: pytest.CaptureFixture[s
     assert summary["sent"] == 10 and summary["ok"] == 10 and summary["failed"] == 0
     with pytest.raises(SystemExit):
         loadgen.main([_url(server), "--rate", "0"])
+
+
+def test_background_load_shows_samples_while_running_and_stops_with_the_block(
+        server: _Server) -> None:
+    with BackgroundLoad(_url(server), rate=100) as bg:
+        assert bg.wait_for(20, 5)
+        seen_inside = len(bg.live)
+        assert bg.result is None  # still running
+    assert bg.result is not None
+    assert seen_inside >= 20 and bg.result.sent >= seen_inside
+    assert bg.result.sent < 100 * 5  # ended by the block, not by its own bound

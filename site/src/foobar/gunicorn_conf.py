@@ -2,7 +2,12 @@
 
 Environment: FOOBAR_BIND (default 127.0.0.1:8000), FOOBAR_WORKERS (upper bound on the
 worker count), PROMETHEUS_MULTIPROC_DIR (a private temp dir if unset; the systemd unit
-should point it at a RuntimeDirectory so it is emptied on every restart).
+should point it at a RuntimeDirectory so it is emptied on every restart), FOOBAR_ENV_FILE
+(the file the service's environment comes from; re-read on reload).
+
+Deploys reload (SIGHUP), never restart: the master keeps its listening socket, new workers
+start with the new code and environment, old ones finish their requests. A restart would
+close the socket and reset connections still waiting in its backlog.
 """
 
 import multiprocessing
@@ -52,6 +57,25 @@ def on_starting(server):
     for name in os.listdir(METRICS_DIR):
         if name.endswith(".db"):
             os.remove(os.path.join(METRICS_DIR, name))
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """KEY=value lines as systemd's EnvironmentFile= reads them (comments, blanks skipped)."""
+    values = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, _, value = line.partition("=")
+                values[key.strip()] = value.strip().strip('"')
+    return values
+
+
+def on_reload(server):
+    """New workers get the environment the deploy wrote, not the one the master started with."""
+    path = os.environ.get("FOOBAR_ENV_FILE")
+    if path and os.path.exists(path):
+        os.environ.update(read_env_file(path))
 
 
 def child_exit(server, worker):

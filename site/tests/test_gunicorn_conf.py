@@ -1,0 +1,21 @@
+"""The gunicorn settings' reload hook: new workers see the environment the deploy wrote."""
+
+import os
+
+from foobar import gunicorn_conf
+
+
+def test_env_file_is_read_like_systemd(tmp_path):
+    f = tmp_path / "site.env"
+    f.write_text('# comment\n\nFOOBAR_MACHINE=app9\nFOOBAR_DB_REPLICAS=a:1,b:2\nQUOTED="x y"\n')
+    assert gunicorn_conf.read_env_file(str(f)) == {
+        "FOOBAR_MACHINE": "app9", "FOOBAR_DB_REPLICAS": "a:1,b:2", "QUOTED": "x y"}
+
+
+def test_on_reload_updates_the_environment(tmp_path, monkeypatch):
+    f = tmp_path / "site.env"
+    f.write_text("FOOBAR_DB_PRIMARY=198.19.0.42:3306\n")
+    monkeypatch.setenv("FOOBAR_ENV_FILE", str(f))
+    monkeypatch.setenv("FOOBAR_DB_PRIMARY", "198.19.0.41:3306")
+    gunicorn_conf.on_reload(server=None)
+    assert os.environ["FOOBAR_DB_PRIMARY"] == "198.19.0.42:3306"
