@@ -1,18 +1,27 @@
 """The gunicorn settings' reload hook: new workers see the environment the deploy wrote."""
 
+import importlib
 import os
 
-from foobar import gunicorn_conf
+import pytest
 
 
-def test_env_file_is_read_like_systemd(tmp_path):
+@pytest.fixture
+def gunicorn_conf(tmp_path, monkeypatch):
+    """The settings module, imported with its side effects kept inside this test: it points
+    prometheus_client at a multi-process directory, which other tests must not inherit."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    return importlib.import_module("foobar.gunicorn_conf")
+
+
+def test_env_file_is_read_like_systemd(gunicorn_conf, tmp_path):
     f = tmp_path / "site.env"
     f.write_text('# comment\n\nFOOBAR_MACHINE=app9\nFOOBAR_DB_REPLICAS=a:1,b:2\nQUOTED="x y"\n')
     assert gunicorn_conf.read_env_file(str(f)) == {
         "FOOBAR_MACHINE": "app9", "FOOBAR_DB_REPLICAS": "a:1,b:2", "QUOTED": "x y"}
 
 
-def test_on_reload_updates_the_environment(tmp_path, monkeypatch):
+def test_on_reload_updates_the_environment(gunicorn_conf, tmp_path, monkeypatch):
     f = tmp_path / "site.env"
     f.write_text("FOOBAR_DB_PRIMARY=198.19.0.42:3306\n")
     monkeypatch.setenv("FOOBAR_ENV_FILE", str(f))
