@@ -20,8 +20,7 @@ from hastack.lab.lab import Lab, require_root
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="A highly available www.foobar.com: a one-box lab or your own servers.")
 # Progress and results go to stdout; stderr carries only the one-line error, if any.
-console = Console(soft_wrap=True)
-out = console
+out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 TopologyOpt = Annotated[Path | None, typer.Option(
@@ -47,9 +46,9 @@ def up(topology_file: TopologyOpt = None,
     require_root("up")
     lab = Lab()
     topo = _topology(topology_file, lab)
-    lab.up(topo, console, force_deploy=force_deploy)
+    lab.up(topo, out, force_deploy=force_deploy)
     vips = " ".join(str(v.address) for v in topo.vips)
-    out.print(f"[bold green]www.foobar.com is up[/bold green] on {vips}")
+    out.print(f"[bold green]{topo.domain} is up[/bold green] on {vips}")
     first = topo.vips[0].address
     out.print(f"  try: curl -H 'Host: {topo.domain}' http://{first}/")
     dns = topo.with_role("dns")
@@ -129,7 +128,7 @@ def deploy_cmd(inventory: Annotated[Path, typer.Option("-i", "--inventory",
     """Deploy the stack to real servers listed in an inventory (same playbook as the lab)."""
     inventory_model.check_file(inventory)
     secrets = secrets_dir or inventory.resolve().parent / ".hastack-secrets" / inventory.stem
-    deploy.run(inventory, secrets, console, extra_vars={"hastack_environment": "servers"},
+    deploy.run(inventory, secrets, out, extra_vars={"hastack_environment": "servers"},
                limit=limit)
 
 
@@ -191,7 +190,7 @@ def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON arr
 def db_switchover(target: Annotated[str, typer.Argument(help="replica to promote, e.g. db2")],
                   ) -> None:
     """Planned promotion of a replica to primary, losing no acknowledged write."""
-    timings = db.switchover(Lab(), target, console)
+    timings = db.switchover(Lab(), target, out)
     out.print(f"switchover done: caught up {timings['caught_up_s']:.2f} s, promoted "
               f"{timings['promoted_s']:.2f} s, replicas repointed {timings['repointed_s']:.2f} s, "
               f"configs redeployed {timings['redeployed_s']:.1f} s after writes stopped")
