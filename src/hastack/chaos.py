@@ -26,10 +26,8 @@ def _lab_machine(lab: Lab, name: str) -> LabMachine:
 
 def remote_at(lab: Lab, machine: str, command: str) -> float:
     """Run a command on a machine; return the monotonic time at which it started there."""
-    result = lab.run_on(machine, _STAMP_AND_RUN + command)
-    if result.returncode != 0:
-        raise HastackError(f"on {machine}: '{command}' failed: {result.stderr.strip()}")
-    return float(result.stdout.strip().splitlines()[-1])
+    out = lab.run_checked(machine, _STAMP_AND_RUN + command, f"'{command}'")
+    return float(out.strip().splitlines()[-1])
 
 
 def kill_service(lab: Lab, machine: str, unit: str) -> float:

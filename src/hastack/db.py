@@ -41,10 +41,7 @@ class NodeStatus:
 
 def _sql(lab: Lab, node: str, sql: str, timeout: float = 30) -> str:
     """Run SQL as root on a node; the SQL goes on stdin (no password on a command line)."""
-    result = lab.run_on(node, "mariadb -B -N", timeout=timeout, stdin=sql)
-    if result.returncode != 0:
-        raise HastackError(f"{node}: {result.stderr.strip() or 'mariadb failed'}")
-    return result.stdout
+    return lab.run_checked(node, "mariadb -B -N", "mariadb", timeout=timeout, stdin=sql)
 
 
 def _db_nodes(topo: Topology) -> list[str]:
@@ -169,9 +166,7 @@ def _persist_role(lab: Lab, node: str, primary: bool) -> None:
     """Write the node's role where MariaDB reads it at start, as the deploy would."""
     content = (f"# managed by hastack: {'primary' if primary else 'replica'}\n[mariadbd]\n"
                f"read_only = {'OFF' if primary else 'ON'}\n")
-    result = lab.run_on(node, f"cat > {ROLE_FILE}", stdin=content)
-    if result.returncode != 0:
-        raise HastackError(f"{node}: could not write {ROLE_FILE}: {result.stderr.strip()}")
+    lab.run_checked(node, f"cat > {ROLE_FILE}", f"writing {ROLE_FILE}", stdin=content)
 
 
 def _replication_credentials(lab: Lab) -> tuple[str, str]:

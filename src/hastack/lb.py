@@ -22,10 +22,8 @@ STATS_PORT = 8404  # loadbalancer_stats_port in the role's defaults
 
 
 def _api(lab: Lab, lb: str, command: str) -> str:
-    result = lab.run_on(lb, f"echo '{command}' | socat stdio {SOCKET}")
-    if result.returncode != 0:
-        raise HastackError(f"{lb}: HAProxy runtime API failed: {result.stderr.strip()}")
-    return result.stdout
+    return lab.run_checked(lb, f"socat stdio {SOCKET}", "HAProxy runtime API",
+                           stdin=command + "\n")
 
 
 def _lbs_and_check(lab: Lab, server: str) -> list[str]:

@@ -35,6 +35,17 @@ def test_second_up_changes_nothing(lab):
     assert "started" not in result.stdout
 
 
+def test_deploy_with_an_inventory_is_the_real_server_path(lab):
+    """`hastack deploy -i` (what real servers use) against the lab's own inventory: the same
+    playbook, converged already, so it changes nothing that matters and the site stays up."""
+    status = json.loads(run("status", "--json").stdout)
+    result = run("deploy", "-i", status["inventory"], "--secrets-dir",
+                 "/var/lib/hastack/lab/secrets")
+    assert "deployed:" in result.stdout
+    with lab.client(lab.vips[0]) as c:
+        assert c.get("/").status_code == 200
+
+
 def _post(lab, body: str) -> int:
     with lab.client(lab.vips[0]) as c:
         r = c.post("/messages", json={"author": "life", "body": body})

@@ -155,6 +155,15 @@ class Lab:
                               capture_output=True, text=True, timeout=timeout,
                               input=stdin if stdin is not None else "")
 
+    def run_checked(self, machine: str, command: str, what: str, timeout: float = 60,
+                    stdin: str | None = None) -> str:
+        """run_on, raising one clear error if the command fails; returns its stdout."""
+        result = self.run_on(machine, command, timeout=timeout, stdin=stdin)
+        if result.returncode != 0:
+            detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise HastackError(f"{machine}: {what} failed: {detail}")
+        return result.stdout
+
     def _write_inventory(self, topo: Topology) -> None:
         connection = {
             "ansible_user": "root",
