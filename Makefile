@@ -25,6 +25,9 @@ lint: deps
 
 bench: deps
 	$(VENV)/bin/python bench/lab_lifecycle.py
+	$(HASTACK) up
+	$(VENV)/bin/python bench/lb_faults.py
+	$(VENV)/bin/python bench/db_tier.py
 
 deps: $(VENV)/.synced
 	@scripts/host-deps.sh
