@@ -72,7 +72,7 @@ class Lab:
             topo = _keep_current_primary(previous, topo, console)
             self._retire_changed(previous, topo, console)
         # Record intent first: whatever happens next, down/up know what may exist.
-        self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
+        self._record(topo)
 
         with ui.status(console, "lab image") as status:
             root = image.ensure_image(lambda msg: status.update(f"lab image: {msg}"))
@@ -94,12 +94,9 @@ class Lab:
         with ui.status(console, "waiting for SSH on every machine"):
             self._wait_ssh(topo)
 
-        fingerprint = self._fingerprint()
-        unchanged = self.deployed.exists() and self.deployed.read_text() == fingerprint
+        unchanged = self.deployed.exists() and self.deployed.read_text() == self._fingerprint()
         if force_deploy or not unchanged:
-            self.deployed.unlink(missing_ok=True)
-            deploy.run(self.inventory, self.secrets, console)
-            self.deployed.write_text(fingerprint)
+            self._deploy(console)
         else:
             console.print("deploy: nothing changed since the last deploy")
         with ui.status(console, "waiting for the site on every virtual IP"):
@@ -122,8 +119,15 @@ class Lab:
         """Record that `name` is now the database primary (after a switchover) and redeploy,
         so every config (site, replicas, monitoring) agrees with the servers."""
         topo = self.require_topology().with_primary(name)
-        self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
+        self._record(topo)
         self._write_inventory(topo)
+        self._deploy(console)
+
+    def _record(self, topo: Topology) -> None:
+        self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
+
+    def _deploy(self, console: Console) -> None:
+        """Run the playbook; the lab counts as deployed only once it succeeded."""
         self.deployed.unlink(missing_ok=True)
         deploy.run(self.inventory, self.secrets, console)
         self.deployed.write_text(self._fingerprint())
@@ -226,7 +230,7 @@ class Lab:
         # Leftovers of a crash whose state file is gone still have their cgroups.
         for name in all_lab_cgroups():
             if name not in known:
-                machines.append(LabMachine.orphan(name, self.dir))
+                machines.append(LabMachine(None, None, self.dir, name=name))
         deploy.close_connections(self.secrets)
         _stop_all(machines, graceful=True)
         network.remove_links()

@@ -40,25 +40,19 @@ def _network_file(ifname: str, address: str, prefix: int) -> str:
 
 
 class LabMachine:
-    def __init__(self, machine: Machine, topo: Topology, lab_dir: Path):
+    def __init__(self, machine: Machine | None, topo: Topology | None, lab_dir: Path,
+                 name: str | None = None):
+        """machine/topo may be None for a machine known only by its cgroup (its state is
+        gone after a crash): enough to find and stop its processes."""
         self.machine = machine
         self.topo = topo
-        self.name = machine.name
+        self.name = machine.name if machine else str(name)
         self.dir = lab_dir / "machines" / self.name
         self.upper = self.dir / "upper"
         self.work = self.dir / "work"
         self.merged = self.dir / "root"
         self.console = self.dir / "console.log"
         self.pidfile = self.dir / "pid"
-
-    @classmethod
-    def orphan(cls, name: str, lab_dir: Path) -> LabMachine:
-        """A machine found only by its cgroup (its state is gone): enough to stop it."""
-        self = cls.__new__(cls)
-        self.machine, self.topo, self.name = None, None, name
-        self.dir = lab_dir / "machines" / name
-        self.pidfile = self.dir / "pid"
-        return self
 
     # ---- preparing the overlay -----------------------------------------------------------
     def prepare(self, authorized_key: str) -> None:
