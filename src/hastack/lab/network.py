@@ -85,6 +85,7 @@ def attach(ifname: str, bridge: str, timeout: float = 15.0) -> None:
                                    "see the machine's console log")
             time.sleep(0.05)
         master = ipr.link_lookup(ifname=bridge)[0]
+        _set_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "1")  # lab speaks IPv4 only
         ipr.link("set", index=found[0], master=master, state="up")
 
 
