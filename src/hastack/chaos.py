@@ -13,15 +13,10 @@ from pyroute2 import IPRoute
 
 from hastack.errors import HastackError
 from hastack.lab.lab import Lab
-from hastack.lab.machine import LabMachine, host_veth
+from hastack.lab.machine import host_veth
 
 _STAMP_AND_RUN = ("python3 -c 'import subprocess,sys,time; t=time.monotonic(); "
                   "r=subprocess.run(sys.argv[1:]); print(t); sys.exit(r.returncode)' ")
-
-
-def _lab_machine(lab: Lab, name: str) -> LabMachine:
-    topo = lab.require_topology()
-    return LabMachine(topo.machine(name), topo, lab.dir)
 
 
 def remote_at(lab: Lab, machine: str, command: str) -> float:
@@ -45,7 +40,7 @@ def start_service(lab: Lab, machine: str, unit: str) -> float:
 
 def power_off(lab: Lab, machine: str) -> float:
     """Pull the plug: SIGKILL every process of the machine (no clean shutdown)."""
-    m = _lab_machine(lab, machine)
+    m = lab.machine(machine)
     t = time.monotonic()
     m.stop(graceful=False)
     return t

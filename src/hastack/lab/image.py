@@ -101,11 +101,13 @@ def ensure_image(progress: Progress) -> Path:
     return root
 
 
-def _run(cmd: list[str], what: str, log: Path) -> None:
+def _run(cmd: list[str], what: str, log: Path, env: dict[str, str] | None = None,
+         header: str | None = None) -> None:
+    """Run one build step with its output appended to the build log; fail in one line."""
     with log.open("a") as out:
-        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.write(f"\n{header or '$ ' + ' '.join(cmd)}\n")
         out.flush()
-        result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
         raise HastackError(f"image build failed while {what} (exit {result.returncode}); "
                            f"see {log}")
@@ -120,14 +122,8 @@ def _in_chroot(root: Path, script: str, what: str, log: Path) -> None:
     )
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LC_ALL": "C"}
-    with log.open("a") as out:
-        out.write(f"\n# chroot: {what}\n{script}\n")
-        out.flush()
-        result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                                 wrapper, script], stdout=out, stderr=subprocess.STDOUT, env=env)
-    if result.returncode != 0:
-        raise HastackError(f"image build failed while {what} (exit {result.returncode}); "
-                           f"see {log}")
+    _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", wrapper, script],
+         what, log, env=env, header=f"# chroot: {what}\n{script}")
 
 
 def build(target: Path, progress: Progress) -> None:

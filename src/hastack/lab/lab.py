@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from rich.console import Console
 
@@ -55,6 +56,10 @@ class Lab:
         if topo is None:
             raise HastackError("no lab is up; run 'hastack up' first")
         return topo
+
+    def machine(self, name: str) -> LabMachine:
+        topo = self.require_topology()
+        return LabMachine(topo.machine(name), topo, self.dir)
 
     def machines(self, topo: Topology) -> list[LabMachine]:
         return [LabMachine(m, topo, self.dir) for m in topo.machines]
@@ -216,11 +221,9 @@ class Lab:
 
     def start(self, names: Iterable[str]) -> None:
         require_root("start")
-        topo = self.require_topology()
         root = image.image_root()
         for name in names:
-            m = LabMachine(topo.machine(name), topo, self.dir)
-            m.start(root)
+            self.machine(name).start(root)
 
     def down(self) -> None:
         require_root("down")
@@ -301,8 +304,6 @@ def _ssh_banner(address: str) -> bool:
 
 def wait_site(topo: Topology, timeout: float = 60.0) -> None:
     """Poll every VIP until the site answers (the end of a successful `up`)."""
-    import httpx
-
     pending = [str(v.address) for v in topo.vips]
     deadline = time.monotonic() + timeout
     last = ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -221,8 +222,6 @@ class LabMachine:
 
 
 def _nofile_hard() -> int:
-    import resource
-
     return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
