@@ -35,12 +35,13 @@ ROLE_PACKAGES = [
     "haproxy", "keepalived", "socat", "nginx", "mariadb-server", "mariadb-client", "dnsmasq",
     "prometheus", "prometheus-alertmanager", "prometheus-node-exporter",
     "prometheus-blackbox-exporter", "prometheus-mysqld-exporter", "prometheus-nginx-exporter",
+    "fail2ban", "python3-systemd", "mariadb-backup",
 ]
 # enabled by the Debian packages, enabled again by the playbook on the machines that need them
 DISABLED_UNITS = [
     "nginx", "haproxy", "keepalived", "mariadb", "dnsmasq", "nftables", "prometheus",
     "prometheus-alertmanager", "prometheus-node-exporter", "prometheus-blackbox-exporter",
-    "prometheus-mysqld-exporter", "prometheus-nginx-exporter",
+    "prometheus-mysqld-exporter", "prometheus-nginx-exporter", "fail2ban",
     "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer",
     "man-db.timer", "dpkg-db-backup.timer", "logrotate.timer",
 ]
