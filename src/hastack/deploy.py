@@ -1,11 +1,14 @@
 """Run ansible/site.yml against an inventory (the lab's or a user's), with live progress.
 
 ansible-runner gives us Ansible's events as they happen; we show the current task and how
-far each host got, and turn the first failure into one clear error line.
+far each host got, and turn the first failure into one clear error line. Certificates are made
+on the controller first (hastack.pki), so a bad one refuses the deploy before any connection.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from hastack import paths, wheelhouse
+from hastack import paths, pki, wheelhouse
 from hastack.errors import HastackError
 
 
@@ -91,6 +94,117 @@ def close_connections(secrets_dir: Path) -> None:
                        capture_output=True, timeout=10)
 
 
+@dataclass(frozen=True)
+class TlsRequest:
+    """What an inventory asks pki.ensure for: names, machine addresses, maybe the user's pair."""
+    domain: str
+    aliases: list[str]
+    machines: dict[str, list[str]]
+    site_cert: Path | None = None
+    site_key: Path | None = None
+
+
+def tls_request(listing: dict[str, Any], inventory: Path) -> TlsRequest:
+    """`ansible-inventory --list` output -> TlsRequest (pure, so it is testable without Ansible).
+
+    A variable is read as each host sees it (host, then group, then `all` vars); the site's
+    variables must agree on every host. Relative certificate paths are relative to the
+    inventory file's directory.
+    """
+    where = inventory.resolve()
+    hostvars: dict[str, dict[str, Any]] = (listing.get("_meta") or {}).get("hostvars") or {}
+    names = set(hostvars)
+    for group in listing.values():
+        if isinstance(group, dict):
+            names.update(group.get("hosts") or [])
+    if not names:
+        raise HastackError(f"{where}: lists no hosts")
+    common = (listing.get("all") or {}).get("vars") or {}
+    seen = {name: {**common, **(hostvars.get(name) or {})} for name in sorted(names)}
+
+    def site_var(key: str, default: Any = None) -> Any:
+        values = {json.dumps(v.get(key, default), sort_keys=True): h for h, v in seen.items()}
+        if len(values) > 1:
+            detail = "; ".join(f"{h}: {_one_line(v)[:60]}" for v, h in sorted(values.items()))
+            raise HastackError(f"{where}: hosts disagree on {key} ({detail}); set it once, "
+                               "in all.vars")
+        value = next(iter(seen.values())).get(key, default)
+        if isinstance(value, str) and "{{" in value:
+            raise HastackError(f"{where}: {key} is a template; hastack reads it before Ansible "
+                               "runs, so give the value itself")
+        return value
+
+    machines = {name: _addresses(where, name, hv) for name, hv in seen.items()}
+    domain = site_var("hastack_domain")
+    if not isinstance(domain, str) or not domain:
+        raise HastackError(f"{where}: all.vars.hastack_domain is missing or not a name")
+    aliases = site_var("hastack_aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise HastackError(f"{where}: all.vars.hastack_aliases must be a list of domain names")
+    base = where if where.is_dir() else where.parent
+    files = []
+    for key in ("hastack_site_cert_file", "hastack_site_key_file"):
+        value = site_var(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise HastackError(f"{where}: all.vars.{key} must be a file path")
+        files.append(base / Path(value).expanduser() if value else None)
+    if (files[0] is None) != (files[1] is None):
+        raise HastackError(f"{where}: set both all.vars.hastack_site_cert_file and "
+                           "hastack_site_key_file (your own site certificate), or neither")
+    return TlsRequest(domain, aliases, machines, files[0], files[1])
+
+
+def _addresses(where: Path, name: str, hv: dict[str, Any]) -> list[str]:
+    found = []
+    for key in ("hastack_private_address", "hastack_public_address"):
+        value = hv.get(key)
+        if value is None:
+            if key == "hastack_private_address":
+                raise HastackError(f"{where}: all.hosts.{name}.{key} is missing")
+            continue
+        try:
+            found.append(str(ipaddress.ip_address(str(value))))
+        except ValueError:
+            raise HastackError(f"{where}: all.hosts.{name}.{key}: '{value}' is not an IP "
+                               "address") from None
+    return found
+
+
+def list_inventory(inventory: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Hosts and variables of any inventory Ansible reads (YAML, INI, dynamic, a directory)."""
+    binary = Path(sys.executable).parent / "ansible-inventory"
+    result = subprocess.run([str(binary), "-i", str(inventory), "--list"], capture_output=True,
+                            text=True, env={**os.environ, **(env or {})}, timeout=300)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()] or ["no output"]
+        raise HastackError(f"{inventory}: ansible-inventory failed: {_one_line(lines[-1])}")
+    try:
+        listing = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise HastackError(f"{inventory}: ansible-inventory printed no JSON; run "
+                           f"'{binary} -i {inventory} --list' to see why") from None
+    if not isinstance(listing, dict):
+        raise HastackError(f"{inventory}: ansible-inventory printed no host list")
+    return listing
+
+
+def ensure_tls(inventory: Path, secrets_dir: Path, env: dict[str, str] | None = None) -> Path:
+    """The inventory's certificates in {secrets_dir}/tls, (re)issued or checked as needed."""
+    request = tls_request(list_inventory(inventory, env), inventory)
+    return pki.ensure(secrets_dir, request.domain, request.aliases, request.machines,
+                      site_cert=request.site_cert, site_key=request.site_key)
+
+
+def _ansible_env(secrets_dir: Path) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "ANSIBLE_CONFIG": str(paths.ANSIBLE_DIR / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_path_dir(secrets_dir)),
+    }
+
+
 def run(inventory: Path, secrets_dir: Path, console: Console,
         extra_vars: dict[str, Any] | None = None, limit: str | None = None,
         tags: str | None = None) -> dict[str, Any]:
@@ -99,22 +213,18 @@ def run(inventory: Path, secrets_dir: Path, console: Console,
         raise HastackError(f"{inventory}: no such inventory file")
     secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     secrets_dir.chmod(0o700)
+    env = _ansible_env(secrets_dir)
+    tls = ensure_tls(inventory, secrets_dir, env)
     wheels = wheelhouse.ensure(console)
     variables = {
         "hastack_secrets_dir": str(secrets_dir),
+        "hastack_tls_dir": str(tls),
         "hastack_wheelhouse": str(wheels),
         "hastack_site_static": str(paths.SITE_DIR / "src/foobar/static"),
     }
     variables.update(extra_vars or {})
     runner_dir = secrets_dir.parent / "runner"
     runner_dir.mkdir(parents=True, exist_ok=True)
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "ANSIBLE_CONFIG": str(paths.ANSIBLE_DIR / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_path_dir(secrets_dir)),
-    }
     progress = _Progress(console)
     with Live(progress.render(), console=console, refresh_per_second=8, transient=True,
               auto_refresh=console.is_terminal) as live:

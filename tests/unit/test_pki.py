@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import stat
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from hastack import pki
+from hastack import deploy, pki
 from hastack.errors import HastackError
 
 DOMAIN = "www.foobar.com"
@@ -418,3 +420,120 @@ def test_check_site_pair_returns_what_it_checked(tmp_path, public_ca):
     cert_file, key_file = public_ca.issue(tmp_path, ["www.foobar.com"])
     assert pki.check_site_pair(cert_file, key_file, ["www.foobar.com"], T0) == (
         cert_file.read_bytes(), key_file.read_bytes())
+
+
+# ---- the deploy's view of an inventory -------------------------------------------------------
+
+LISTING = {
+    "_meta": {"hostvars": {
+        "lb1": {"hastack_domain": DOMAIN, "hastack_aliases": ALIASES,
+                "hastack_private_address": "198.19.0.11", "hastack_public_address": "198.18.0.11",
+                "hastack_site_cert_file": "certs/fullchain.pem",
+                "hastack_site_key_file": "/etc/letsencrypt/live/x/privkey.pem"},
+        "web1": {"hastack_domain": DOMAIN, "hastack_aliases": ALIASES,
+                 "hastack_private_address": "198.19.0.21",
+                 "hastack_site_cert_file": "certs/fullchain.pem",
+                 "hastack_site_key_file": "/etc/letsencrypt/live/x/privkey.pem"},
+    }},
+    "all": {"children": ["ungrouped", "loadbalancer", "web"]},
+    "loadbalancer": {"hosts": ["lb1"]},
+    "web": {"hosts": ["web1"]},
+}
+
+
+def test_tls_request_from_a_listing(tmp_path):
+    inventory = tmp_path / "inv" / "servers.yml"
+    request = deploy.tls_request(LISTING, inventory)
+    assert request.domain == DOMAIN
+    assert request.aliases == ALIASES
+    assert request.machines == {"lb1": ["198.19.0.11", "198.18.0.11"], "web1": ["198.19.0.21"]}
+    assert request.site_cert == tmp_path / "inv" / "certs" / "fullchain.pem"
+    assert request.site_key == Path("/etc/letsencrypt/live/x/privkey.pem")
+
+
+def test_tls_request_reads_exported_all_vars(tmp_path):
+    """`--export` shape: site variables under all.vars, only host variables per host."""
+    listing = {"_meta": {"hostvars": {"web1": {"hastack_private_address": "198.19.0.21"}}},
+               "all": {"children": ["ungrouped"], "vars": {"hastack_domain": DOMAIN}},
+               "ungrouped": {"hosts": ["web1"]}}
+    request = deploy.tls_request(listing, tmp_path / "servers.yml")
+    assert (request.domain, request.aliases, request.site_cert) == (DOMAIN, [], None)
+
+
+def _edit(path: list[str], value) -> dict:
+    listing = copy.deepcopy(LISTING)
+    target = listing
+    for step in path[:-1]:
+        target = target[step]
+    if value is None:
+        target.pop(path[-1])
+    else:
+        target[path[-1]] = value
+    return listing
+
+
+@pytest.mark.parametrize(("listing", "message"), [
+    (_edit(["_meta", "hostvars", "web1", "hastack_domain"], "www.other.com"),
+     r"hosts disagree on hastack_domain \(lb1: \"www.foobar.com\"; web1: \"www.other.com\"\)"),
+    (_edit(["_meta", "hostvars", "web1", "hastack_private_address"], None),
+     r"all.hosts.web1.hastack_private_address is missing"),
+    (_edit(["_meta", "hostvars", "lb1", "hastack_public_address"], "lb1.example.com"),
+     r"all.hosts.lb1.hastack_public_address: 'lb1.example.com' is not an IP address"),
+    (_edit(["web", "hosts"], ["web1", "web2"]),
+     r"all.hosts.web2.hastack_private_address is missing"),
+    ({"_meta": {"hostvars": {}}, "all": {"children": ["ungrouped"]}}, r"lists no hosts"),
+])
+def test_tls_request_mistakes(tmp_path, listing, message):
+    inventory = tmp_path / "servers.yml"
+    with pytest.raises(HastackError, match=message) as err:
+        deploy.tls_request(listing, inventory)
+    assert str(err.value).startswith(f"{inventory}: ")
+
+
+def test_tls_request_needs_both_files(tmp_path):
+    listing = copy.deepcopy(LISTING)
+    for hv in listing["_meta"]["hostvars"].values():
+        hv.pop("hastack_site_key_file")
+    with pytest.raises(HastackError, match=r"set both all.vars.hastack_site_cert_file"):
+        deploy.tls_request(listing, tmp_path / "servers.yml")
+
+
+INVENTORY = """\
+all:
+  vars:
+    hastack_domain: www.foobar.com
+    hastack_aliases: [foobar.com]
+    hastack_site_cert_file: fullchain.pem
+    hastack_site_key_file: privkey.pem
+  hosts:
+    lb1: {ansible_host: 198.51.100.11, hastack_private_address: 198.51.100.11,
+          hastack_public_address: 192.0.2.11}
+    web1: {ansible_host: 198.51.100.21, hastack_private_address: 198.51.100.21}
+  children:
+    loadbalancer: {hosts: {lb1: {}}}
+    web: {hosts: {web1: {}}}
+"""
+
+
+def test_real_ansible_inventory(tmp_path, public_ca):
+    assert (Path(sys.executable).parent / "ansible-inventory").exists()
+    inventory = tmp_path / "servers.yml"
+    inventory.write_text(INVENTORY)
+    public_ca.issue(tmp_path, ["www.foobar.com", "foobar.com"], start=datetime.now(UTC) -
+                    timedelta(days=1))
+    request = deploy.tls_request(deploy.list_inventory(inventory), inventory)
+    assert request == deploy.TlsRequest(
+        DOMAIN, ALIASES, {"lb1": ["198.51.100.11", "192.0.2.11"], "web1": ["198.51.100.21"]},
+        tmp_path / "fullchain.pem", tmp_path / "privkey.pem")
+    tls = deploy.ensure_tls(inventory, tmp_path / "secrets")
+    assert tls == tmp_path / "secrets" / "tls"
+    assert (tls / "site.crt").read_bytes() == (tmp_path / "fullchain.pem").read_bytes()
+    assert sorted(f.name for f in tls.iterdir()) == [
+        "ca.crt", "lb1.crt", "lb1.key", "site.crt", "site.key", "web1.crt", "web1.key"]
+
+
+def test_ini_inventory_without_domain(tmp_path):
+    inventory = tmp_path / "servers.ini"
+    inventory.write_text("[web]\nweb1 hastack_private_address=198.51.100.21\n")
+    with pytest.raises(HastackError, match=r"all.vars.hastack_domain is missing"):
+        deploy.tls_request(deploy.list_inventory(inventory), inventory)
