@@ -134,7 +134,8 @@ def tls_request(listing: dict[str, Any], inventory: Path) -> TlsRequest:
                                "runs, so give the value itself")
         return value
 
-    machines = {name: _addresses(where, name, hv) for name, hv in seen.items()}
+    machines = {name: _addresses(where, name, hv) + _services(listing, name)
+                for name, hv in seen.items()}
     domain = site_var("hastack_domain")
     if not isinstance(domain, str) or not domain:
         raise HastackError(f"{where}: all.vars.hastack_domain is missing or not a name")
@@ -168,6 +169,19 @@ def _addresses(where: Path, name: str, hv: dict[str, Any]) -> list[str]:
             raise HastackError(f"{where}: all.hosts.{name}.{key}: '{value}' is not an IP "
                                "address") from None
     return found
+
+
+def _services(listing: dict[str, Any], name: str) -> list[str]:
+    """Service names (pki.SERVICE_GROUPS) for the groups the host belongs to, also through
+    child groups (database = db_primary + db_replica)."""
+    def members(group: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        body = listing.get(group) or {}
+        found = set(body.get("hosts") or [])
+        for child in body.get("children") or []:
+            if child not in seen:
+                found |= members(child, seen | {group})
+        return found
+    return [pki.service_name(g) for g in pki.SERVICE_GROUPS if name in members(g)]
 
 
 def list_inventory(inventory: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -219,6 +233,7 @@ def run(inventory: Path, secrets_dir: Path, console: Console,
     variables = {
         "hastack_secrets_dir": str(secrets_dir),
         "hastack_tls_dir": str(tls),
+        "hastack_tls_service_domain": pki.SERVICE_DOMAIN,
         "hastack_wheelhouse": str(wheels),
         "hastack_site_static": str(paths.SITE_DIR / "src/foobar/static"),
     }

@@ -42,6 +42,11 @@ MACHINE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DNS_NAME_RE = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?\.)*"
                          r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 CN_MAX = 64  # X.509 upper bound; names are matched on the SANs anyway
+# Machines also answer to <group>.SERVICE_DOMAIN for the tiers they belong to: the name a
+# caller verifies when it balances over several machines (nginx -> any app server). Groups
+# whose members change with failover (db_primary, db_replica) get no such name.
+SERVICE_DOMAIN = "hastack.internal"
+SERVICE_GROUPS = ("loadbalancer", "web", "app", "database", "monitoring", "dns")
 
 PUBLIC_MODE = 0o644
 SECRET_MODE = 0o600
@@ -327,9 +332,16 @@ def _machine_names(name: str, addresses: Sequence[str]) -> list[Name]:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(address)))
         except ValueError:
-            raise HastackError(f"machine {name}: address '{address}' is not an IP "
-                               "address; give its IPv4 or IPv6 address") from None
+            if not DNS_NAME_RE.match(address) or address.startswith("*"):
+                raise HastackError(f"machine {name}: '{address}' is neither an IP address "
+                                   "nor a DNS name") from None
+            names.append(x509.DNSName(address))
     return names
+
+
+def service_name(group: str) -> str:
+    """The DNS name every machine of a tier answers to (see SERVICE_GROUPS)."""
+    return f"{group.replace('_', '-')}.{SERVICE_DOMAIN}"
 
 
 def _san_set(cert: x509.Certificate) -> set[str]:

@@ -257,7 +257,8 @@ def test_machine_that_left_is_removed(secrets):
     ({"ca": ["198.19.0.5"]}, r"machine name 'ca' is taken by tls/ca.crt"),
     ({"site": ["198.19.0.5"]}, r"machine name 'site' is taken"),
     ({"web/1": ["198.19.0.5"]}, r"machine name 'web/1' cannot name a certificate file"),
-    ({"web1": ["web1.example.com"]}, r"machine web1: address 'web1.example.com' is not an IP"),
+    ({"web1": ["web one"]}, r"machine web1: 'web one' is neither an IP address nor a DNS name"),
+    ({"web1": ["*.example.com"]}, r"machine web1: '\*.example.com' is neither an IP address"),
 ])
 def test_unusable_machines_are_refused(secrets, machines, message):
     with pytest.raises(HastackError, match=message):
@@ -446,7 +447,10 @@ def test_tls_request_from_a_listing(tmp_path):
     request = deploy.tls_request(LISTING, inventory)
     assert request.domain == DOMAIN
     assert request.aliases == ALIASES
-    assert request.machines == {"lb1": ["198.19.0.11", "198.18.0.11"], "web1": ["198.19.0.21"]}
+    # addresses, then the service name of each tier the host is in
+    assert request.machines == {
+        "lb1": ["198.19.0.11", "198.18.0.11", "loadbalancer.hastack.internal"],
+        "web1": ["198.19.0.21", "web.hastack.internal"]}
     assert request.site_cert == tmp_path / "inv" / "certs" / "fullchain.pem"
     assert request.site_key == Path("/etc/letsencrypt/live/x/privkey.pem")
 
@@ -523,7 +527,8 @@ def test_real_ansible_inventory(tmp_path, public_ca):
                     timedelta(days=1))
     request = deploy.tls_request(deploy.list_inventory(inventory), inventory)
     assert request == deploy.TlsRequest(
-        DOMAIN, ALIASES, {"lb1": ["198.51.100.11", "192.0.2.11"], "web1": ["198.51.100.21"]},
+        DOMAIN, ALIASES, {"lb1": ["198.51.100.11", "192.0.2.11", "loadbalancer.hastack.internal"],
+                          "web1": ["198.51.100.21", "web.hastack.internal"]},
         tmp_path / "fullchain.pem", tmp_path / "privkey.pem")
     tls = deploy.ensure_tls(inventory, tmp_path / "secrets")
     assert tls == tmp_path / "secrets" / "tls"
@@ -537,3 +542,24 @@ def test_ini_inventory_without_domain(tmp_path):
     inventory.write_text("[web]\nweb1 hastack_private_address=198.51.100.21\n")
     with pytest.raises(HastackError, match=r"all.vars.hastack_domain is missing"):
         deploy.tls_request(deploy.list_inventory(inventory), inventory)
+
+
+def test_service_names_follow_child_groups_and_skip_failover_groups(tmp_path):
+    listing = {
+        "_meta": {"hostvars": {h: {"hastack_domain": DOMAIN, "hastack_private_address": a}
+                               for h, a in (("db1", "198.19.0.41"), ("app1", "198.19.0.31"))}},
+        "all": {"children": ["ungrouped", "app", "database"]},
+        "app": {"hosts": ["app1"]},
+        "database": {"children": ["db_primary", "db_replica"]},
+        "db_primary": {"hosts": ["db1"]},
+    }
+    request = deploy.tls_request(listing, tmp_path / "inv.yml")
+    assert request.machines == {"app1": ["198.19.0.31", "app.hastack.internal"],
+                                "db1": ["198.19.0.41", "database.hastack.internal"]}
+
+
+def test_machine_certificate_names_its_service(secrets):
+    tls = pki.ensure(secrets, DOMAIN, ALIASES, {"app1": ["198.19.0.31", "app.hastack.internal"]})
+    cert = x509.load_pem_x509_certificate((tls / "app1.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["app1", "app.hastack.internal"]
