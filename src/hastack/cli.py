@@ -50,11 +50,11 @@ def up(topology_file: TopologyOpt = None,
     vips = " ".join(str(v.address) for v in topo.vips)
     out.print(f"[bold green]{topo.domain} is up[/bold green] on {vips}")
     first = topo.vips[0].address
-    out.print(f"  try: curl -H 'Host: {topo.domain}' http://{first}/")
+    out.print(f"  try: curl --cacert {lab.ca_cert()} --resolve {topo.domain}:443:{first} "
+              f"https://{topo.domain}/")
     dns = topo.with_role("dns")
     if dns:
-        out.print(f"  or:  curl --resolve {topo.domain}:80:{first} http://{topo.domain}/   "
-                  f"(DNS: dig @{dns[0].public_address} {topo.domain})")
+        out.print(f"  DNS: dig @{dns[0].public_address} {topo.domain}")
     out.print("  machines: hastack status · shell: hastack ssh web1 · remove: hastack down")
 
 
@@ -162,6 +162,21 @@ def lb_status() -> None:
             table.add_row(name, server, row["status"], row["check_status"], row["scur"],
                           row["stot"])
     out.print(table)
+
+
+@lb_app.command("bans")
+def lb_bans() -> None:
+    """Client addresses banned at the edge (fail2ban, shared by every LB)."""
+    for name, addresses in lb.bans(Lab()).items():
+        out.print(f"{name}: {', '.join(addresses) or 'no bans'}")
+
+
+@lb_app.command("unban")
+def lb_unban(address: Annotated[str, typer.Argument(help="client address, e.g. 198.18.0.250")],
+             ) -> None:
+    """Let a banned client in again, on every load balancer."""
+    lb.unban(Lab(), address)
+    out.print(f"{address} unbanned on every load balancer")
 
 
 db_app = typer.Typer(no_args_is_help=True, help="The MariaDB primary-replica cluster.")

@@ -54,6 +54,7 @@ def build(topo: Topology, connection: dict[str, Any] | None = None) -> dict[str,
         "hastack_public_net": str(topo.public_net),
         "hastack_private_net": str(topo.private_net),
         "hastack_admin_address": str(topo.host_private),
+        "hastack_debug_headers": topo.debug_headers,
     }
     variables.update(connection or {})
     return {"all": {"vars": variables, "hosts": hosts, "children": children}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import time
 
 import httpx
@@ -80,3 +81,29 @@ def drain(lab: Lab, server: str, wait: float = 30.0) -> float:
 
 def enable(lab: Lab, server: str) -> None:
     set_state(lab, server, "ready")
+
+
+def _lbs(lab: Lab) -> list[str]:
+    return [m.name for m in lab.require_topology().with_role("loadbalancer")]
+
+
+def _client_address(address: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(address))
+    except ValueError:
+        raise HastackError(f"'{address}' is not an IPv4 client address") from None
+
+
+def bans(lab: Lab) -> dict[str, list[str]]:
+    """Client addresses banned at the edge, as each LB's copy of the shared table has them."""
+    return {lb: lab.run_checked(lb, "hastack-ban list", "listing bans").split()
+            for lb in _lbs(lab)}
+
+
+def unban(lab: Lab, address: str) -> None:
+    """Lift a ban everywhere: each LB's fail2ban forgets it (no re-ban from its memory of
+    the client), and the shared table entry is cleared (reaches every LB through peers)."""
+    address = _client_address(address)
+    for lb in _lbs(lab):
+        lab.run_checked(lb, f"fail2ban-client unban {address} >/dev/null; "
+                            f"hastack-ban unban {address}", f"unbanning {address}")

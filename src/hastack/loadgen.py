@@ -8,7 +8,8 @@ answered), which is what outage windows and "first success after the fault" are 
 from. A run is bounded by duration, max_requests and a stop event, whichever comes first,
 and always ends by itself, at most ``timeout`` after the last scheduled request.
 
-    python -m hastack.loadgen http://198.18.0.100/ --host www.foobar.com --rate 200
+    python -m hastack.loadgen https://198.18.0.100/ --host www.foobar.com --rate 200 \
+        --cacert /var/lib/hastack/lab/secrets/ca/ca.crt
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 
 import anyio
 import httpx
+
+from hastack import siteclient
 
 ERROR_KINDS = ("timeout", "connect", "reset", "other")
 _POLL = 0.05  # longest sleep between two looks at stop_event
@@ -165,6 +168,7 @@ def run_load(
     keepalive: bool = False,
     record_header: str = "x-served-by",
     on_sample: Callable[[Sample], None] | None = None,
+    ca_file: str | None = None,
 ) -> LoadResult:
     """Send requests to url at `rate` per second until duration, max_requests or stop_event.
 
@@ -172,6 +176,8 @@ def run_load(
     of `concurrency` slots. Without keepalive every request opens a new connection, so each
     one is routed afresh. Blocks (runs its own event loop): call it from a thread to inject
     faults meanwhile. `on_sample` sees each sample as it completes (progress while it runs).
+    An https url is verified against `ca_file` (else the system's CAs) for the name in
+    `host_header`, which also goes in SNI: the url may name a VIP's address.
     """
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"rate must be a positive number, not {rate}")
@@ -193,6 +199,7 @@ def run_load(
         max_connections=concurrency, max_keepalive_connections=concurrency if keepalive else 0
     )
     headers = {"Host": host_header} if host_header else None
+    sni = siteclient.extensions(host_header) if host_header and target.scheme == "https" else None
 
     async def one(client: httpx.AsyncClient, slots: asyncio.Semaphore, scheduled: float) -> Sample:
         start: float | None = None
@@ -203,7 +210,9 @@ def run_load(
             async with asyncio.timeout(max(0.0, scheduled + timeout - time.monotonic())):
                 async with slots:
                     start = time.monotonic()
-                    response = await client.request(method, target, json=json_body)
+                    response = await client.request(
+                        method, target, json=json_body, extensions=sni
+                    )
             status, value = response.status_code, response.headers.get(record_header)
         except Exception as exc:
             error = _error_kind(exc)
@@ -217,7 +226,8 @@ def run_load(
         slots = asyncio.Semaphore(concurrency)
         tasks: list[asyncio.Task[Sample]] = []
         async with httpx.AsyncClient(
-            limits=limits, timeout=timeout, headers=headers, trust_env=False  # no env proxies
+            limits=limits, timeout=timeout, headers=headers, trust_env=False,  # no env proxies
+            verify=siteclient.tls_context(ca_file),
         ) as client:
             await anyio.sleep(0)  # loads httpx's async backend now, not during the first request
             t0 = time.monotonic()
@@ -297,13 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int)
     parser.add_argument("--timeout", type=float, default=1.0, help="seconds per request")
     parser.add_argument("--keepalive", action="store_true", help="reuse connections")
+    parser.add_argument("--cacert", help="CA file that verifies an https url (hastack status)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(
             run_load, args.url, host_header=args.host, rate=args.rate,
             duration=args.duration, max_requests=args.max_requests, timeout=args.timeout,
-            keepalive=args.keepalive, stop_event=stop,
+            keepalive=args.keepalive, stop_event=stop, ca_file=args.cacert,
         )
         try:
             try:

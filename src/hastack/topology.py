@@ -48,7 +48,7 @@ VRID_BASE = 51
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 
 TOP_KEYS = {"site", "networks", "counts", "vips", "machines"}
-SITE_KEYS = {"domain", "aliases"}
+SITE_KEYS = {"domain", "aliases", "debug_headers"}
 NETWORK_KEYS = {"public", "private"}
 VIP_KEYS = {"address", "vrid"}
 MACHINE_KEYS = {"name", "roles", "private_address", "public_address"}
@@ -86,6 +86,9 @@ class Topology:
     machines: tuple[Machine, ...]
     vips: tuple[Vip, ...]
     source: str = "<defaults>"
+    # X-DB/X-DB-Role (internal addresses, roles) leave the edge for every client, not only
+    # for trusted ones.
+    debug_headers: bool = False
 
     @property
     def host_public(self) -> IPv4Address:
@@ -131,7 +134,8 @@ class Topology:
                 entry["public_address"] = str(m.public_address)
             machines.append(entry)
         return {
-            "site": {"domain": self.domain, "aliases": list(self.aliases)},
+            "site": {"domain": self.domain, "aliases": list(self.aliases),
+                     "debug_headers": self.debug_headers},
             "networks": {"public": str(self.public_net), "private": str(self.private_net)},
             "vips": [{"address": str(v.address), "vrid": v.vrid} for v in self.vips],
             "machines": machines,
@@ -216,6 +220,9 @@ def parse(data: dict[str, Any], source: str = "<defaults>") -> Topology:
     if not isinstance(aliases_raw, list):
         c.fail("site.aliases", "must be a list of domain names")
     aliases = tuple(c.string(f"site.aliases[{i}]", a) for i, a in enumerate(aliases_raw))
+    debug_headers = site.get("debug_headers", False)
+    if not isinstance(debug_headers, bool):
+        c.fail("site.debug_headers", "must be true or false")
 
     nets = c.table("networks", data.get("networks", {}), NETWORK_KEYS)
     public = c.network("networks.public", nets.get("public", DEFAULT_PUBLIC))
@@ -234,7 +241,8 @@ def parse(data: dict[str, Any], source: str = "<defaults>") -> Topology:
     _check_roles(c, machines)
     lbs = [m for m in machines if "loadbalancer" in m.roles]
     vips = _vips(c, data.get("vips"), len(lbs), public, machines)
-    return Topology(domain, aliases, public, private, tuple(machines), tuple(vips), source)
+    return Topology(domain, aliases, public, private, tuple(machines), tuple(vips), source,
+                    debug_headers)
 
 
 def _counted_machines(c: _Checker, raw: Any, public: IPv4Network,

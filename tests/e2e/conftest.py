@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hastack import siteclient
 from hastack.loadgen import BackgroundLoad
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,8 +55,9 @@ def poll(condition: Callable[[], object], timeout: float, what: str,
 def load(lab: Lab, vip: str, path: str = "/", header: str = "x-lb", rate: float = 100,
          **options) -> Iterator[BackgroundLoad]:
     """Bounded background load on one VIP for the length of the block (a fault experiment)."""
-    with BackgroundLoad(f"http://{vip}{path}", host_header=lab.domain, rate=rate,
-                        record_header=header, **{"timeout": 2.0, **options}) as bg:
+    with BackgroundLoad(f"https://{vip}{path}", host_header=lab.domain, rate=rate,
+                        record_header=header, ca_file=lab.ca,
+                        **{"timeout": 2.0, **options}) as bg:
         if not bg.wait_for(20, 10):
             pytest.fail(f"load on {vip}{path} did not start")
         yield bg
@@ -76,6 +78,7 @@ class Lab:
         self.status = json.loads(run("status", "--json").stdout)
         self.domain = self.status["site"]["domain"]
         self.vips = self.status["site"]["vips"]
+        self.ca = self.status["site"]["ca_cert"]
 
     def machine(self, name: str) -> dict:
         return next(m for m in self.status["machines"] if m["name"] == name)
@@ -84,8 +87,8 @@ class Lab:
         return [m["name"] for m in self.status["machines"] if role in m["roles"]]
 
     def client(self, vip: str, **kw) -> httpx.Client:
-        return httpx.Client(base_url=f"http://{vip}", headers={"Host": self.domain},
-                            timeout=kw.pop("timeout", 5.0), **kw)
+        """HTTPS to one VIP as an outside client: domain in SNI and Host, verified by the CA."""
+        return siteclient.client(vip, self.domain, self.ca, **kw)
 
     def ssh(self, machine: str, command: str, check: bool = True) -> str:
         return run("ssh", machine, "--", command, check=check).stdout

@@ -1,7 +1,8 @@
 """gunicorn settings: `gunicorn -c python:foobar.gunicorn_conf foobar.wsgi:app`.
 
 Environment: FOOBAR_BIND (default 127.0.0.1:8000), FOOBAR_WORKERS (upper bound on the
-worker count), PROMETHEUS_MULTIPROC_DIR (a private temp dir if unset; the systemd unit
+worker count), FOOBAR_TLS_CERT + FOOBAR_TLS_KEY (serve HTTPS only, TLS 1.2 or newer) and
+FOOBAR_TLS_CLIENT_CA (then every client must show a certificate that CA signed: the web tier), PROMETHEUS_MULTIPROC_DIR (a private temp dir if unset; the systemd unit
 should point it at a RuntimeDirectory so it is emptied on every restart), FOOBAR_ENV_FILE
 (the file the service's environment comes from; re-read on reload).
 
@@ -12,6 +13,7 @@ close the socket and reset connections still waiting in its backlog.
 
 import multiprocessing
 import os
+import ssl
 import tempfile
 
 
@@ -50,6 +52,21 @@ accesslog = "-"
 errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s" xff="%({x-forwarded-for}i)s"'
 proc_name = "foobar-site"
+
+certfile = os.environ.get("FOOBAR_TLS_CERT") or None
+keyfile = os.environ.get("FOOBAR_TLS_KEY") or None
+if bool(certfile) != bool(keyfile):
+    raise SystemExit("FOOBAR_TLS_CERT and FOOBAR_TLS_KEY must be set together")
+ca_certs = os.environ.get("FOOBAR_TLS_CLIENT_CA") or None
+if ca_certs:
+    cert_reqs = ssl.CERT_REQUIRED
+
+
+def ssl_context(config, default_ssl_context_factory):
+    """gunicorn's own context (files, client verification) with TLS 1.2 as the floor."""
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def on_starting(server):

@@ -21,7 +21,7 @@ import httpx
 import yaml
 from rich.console import Console
 
-from hastack import deploy, inventory, paths, topology, ui, wheelhouse
+from hastack import deploy, inventory, paths, pki, siteclient, topology, ui, wheelhouse
 from hastack.errors import HastackError
 from hastack.lab import image, network
 from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools
@@ -99,13 +99,15 @@ class Lab:
         with ui.status(console, "waiting for SSH on every machine"):
             self._wait_ssh(topo)
 
+        # Certificates close to expiry are renewed now, and a renewal counts as a change.
+        deploy.ensure_tls(self.inventory, self.secrets)
         unchanged = self.deployed.exists() and self.deployed.read_text() == self._fingerprint()
         if force_deploy or not unchanged:
             self._deploy(console)
         else:
             console.print("deploy: nothing changed since the last deploy")
         with ui.status(console, "waiting for the site on every virtual IP"):
-            wait_site(topo)
+            wait_site(topo, self.ca_cert())
 
     def _retire_changed(self, previous: Topology, topo: Topology, console: Console) -> None:
         """Destroy machines that left the topology or whose addresses changed.
@@ -180,6 +182,9 @@ class Lab:
             "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} "
                                        "-o StrictHostKeyChecking=yes",
             "ansible_python_interpreter": "/usr/bin/python3",
+            # The lab's own load generator and tests (the host's public address) are not
+            # rate-limited or banned; abuse tests use other client addresses.
+            "hastack_trusted_clients": [f"{topo.host_public}/32"],
         }
         data = inventory.build(topo, connection)
         self.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -198,8 +203,11 @@ class Lab:
                 time.sleep(0.1)
 
     def _fingerprint(self) -> str:
-        """What a deploy depends on: inventory, playbook, site sources and image."""
+        """What a deploy depends on: inventory, playbook, site sources, certificates, image."""
         digest = hashlib.sha256(self.inventory.read_bytes())
+        for f in sorted(pki.tls_dir(self.secrets).glob("*")):
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
         for f in sorted(paths.ANSIBLE_DIR.rglob("*")):
             if f.is_file() and "__pycache__" not in f.parts:
                 digest.update(str(f).encode())
@@ -241,6 +249,10 @@ class Lab:
         image.prune_unused()  # no machine is left on an older image
 
     # ---- status --------------------------------------------------------------------------
+    def ca_cert(self) -> Path:
+        """The CA a client passes to verify the site (`curl --cacert`)."""
+        return pki.ca_cert_path(self.secrets)
+
     def status(self) -> dict[str, Any]:
         topo = self.topology()
         if topo is None:
@@ -251,7 +263,7 @@ class Lab:
             machines.append({"name": m.name, "roles": list(m.roles), "addresses": m.addresses,
                              "state": "running" if lm.running() else "stopped"})
         dns = topo.with_role("dns")
-        ca = self.secrets / "ca" / "ca.crt"
+        ca = self.ca_cert()
         return {
             "site": {
                 "domain": topo.domain,
@@ -259,7 +271,7 @@ class Lab:
                 "vips": [str(v.address) for v in topo.vips],
                 "dns": str(dns[0].public_address) if dns else None,
                 "ca_cert": str(ca) if ca.exists() else None,
-                "url": f"http://{topo.domain}/",
+                "url": f"https://{topo.domain}/",
             },
             "lab": "up",
             "inventory": str(self.inventory),
@@ -302,16 +314,16 @@ def _ssh_banner(address: str) -> bool:
         return False
 
 
-def wait_site(topo: Topology, timeout: float = 60.0) -> None:
-    """Poll every VIP until the site answers (the end of a successful `up`)."""
+def wait_site(topo: Topology, ca_file: Path, timeout: float = 60.0) -> None:
+    """Poll every VIP until the site answers over verified HTTPS (the end of a successful
+    `up`)."""
     pending = [str(v.address) for v in topo.vips]
     deadline = time.monotonic() + timeout
     last = ""
     while pending:
         for vip in list(pending):
             try:
-                r = httpx.get(f"http://{vip}/healthz", headers={"Host": topo.domain},
-                              timeout=2.0)
+                r = siteclient.get(vip, topo.domain, "/healthz", ca_file, timeout=2.0)
                 if r.status_code < 500:
                     pending.remove(vip)
                     continue

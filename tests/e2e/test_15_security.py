@@ -1,0 +1,196 @@
+"""The edge defends itself and every hop is encrypted, observed from outside and from the
+servers' own status.
+
+Abuse tests need clients other than the host's own public address (the lab's load generator,
+which the edge trusts): they connect from extra addresses put on the public bridge.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections import Counter
+
+import httpx
+import pytest
+
+from hastack import siteclient
+
+from .conftest import poll, run
+
+UNTRUSTED = ("198.18.0.250", "198.18.0.251")  # in the lab's public net, used by no machine
+
+
+@pytest.fixture(scope="module")
+def clients(lab):
+    """Two outside clients (addresses on hs-pub the edge does not trust)."""
+    for address in UNTRUSTED:
+        subprocess.run(["ip", "addr", "replace", f"{address}/32", "dev", "hs-pub"], check=True)
+    yield UNTRUSTED
+    for address in UNTRUSTED:
+        run("lb", "unban", address, check=False)
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "hs-pub"], check=False)
+
+
+def outside(lab, vip: str, address: str, **kw) -> httpx.Client:
+    return siteclient.client(vip, lab.domain, lab.ca, local_address=address, **kw)
+
+
+def test_plain_http_redirects_to_https_with_path_and_query(lab):
+    for vip in lab.vips:
+        with siteclient.client(vip, lab.domain, None, scheme="http") as c:
+            r = c.get("/messages/7?page=2&q=a%20b")
+        assert r.status_code == 301
+        assert r.headers["location"] == f"https://{lab.domain}/messages/7?page=2&q=a%20b"
+
+
+def test_certificate_verifies_for_every_name_on_every_vip(lab):
+    names = [lab.domain, *lab.status["site"]["aliases"]]
+    for vip in lab.vips:
+        for name in names:
+            with siteclient.client(vip, name, lab.ca) as c:
+                r = c.get("/healthz")
+            assert r.status_code == 200, (vip, name)
+    # a name the certificate does not cover fails verification
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"), \
+            siteclient.client(lab.vips[0], "evil.example", lab.ca) as c:
+        c.get("/healthz")
+
+
+def _handshake(vip: str, domain: str, version: str) -> str:
+    """openssl s_client with one protocol version; old versions need security level 0 on
+    the client side, so a refusal can only come from the server."""
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{vip}:443", "-servername", domain, f"-{version}",
+         "-cipher", "DEFAULT@SECLEVEL=0", "-alpn", "h2,http/1.1"],
+        input="", capture_output=True, text=True, timeout=10)
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", ["tls1", "tls1_1"])
+def test_old_tls_versions_are_refused_by_the_server(lab, version):
+    for vip in lab.vips:
+        out = _handshake(vip, lab.domain, version)
+        assert "alert protocol version" in out, out[-500:]
+
+
+def test_tls12_and_13_with_h2_ecdhe_aead_only(lab):
+    for vip in lab.vips:
+        out12 = _handshake(vip, lab.domain, "tls1_2")
+        assert "Protocol  : TLSv1.2" in out12
+        cipher = out12.split("Cipher is ")[1].split()[0]
+        assert cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher), cipher
+        out13 = _handshake(vip, lab.domain, "tls1_3")
+        assert "TLSv1.3" in out13 and "ALPN protocol: h2" in out13
+        assert "Server public key is 256 bit" in out13  # ECDSA P-256
+
+
+def test_security_headers_on_pages_static_files_and_errors(lab):
+    with outside(lab, lab.vips[0], None) as c:
+        for path in ("/", "/static/style.css", "/no-such-page"):
+            r = c.get(path)
+            assert r.headers["strict-transport-security"].startswith("max-age=63072000"), path
+            assert r.headers["x-content-type-options"] == "nosniff", path
+            assert r.headers["x-frame-options"] == "DENY", path
+            assert "server" not in r.headers, path
+        page = c.get("/")
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+
+def test_internal_headers_and_endpoints_stay_inside(lab, clients):
+    with outside(lab, lab.vips[0], clients[0]) as c:
+        r = c.get("/api/messages?limit=1")
+        assert r.status_code == 200
+        assert "x-db" not in r.headers and "x-db-role" not in r.headers
+        assert r.headers["x-served-by"].count("/") == 1  # web/app stays: round-robin is visible
+        for path in ("/metrics", "/readyz", "/metrics/x"):
+            assert c.get(path).status_code == 404, path
+        spoofed = c.get("/", headers={"X-Forwarded-Proto": "http", "X-Forwarded-For": "1.2.3.4"})
+        assert spoofed.status_code == 200
+    with outside(lab, lab.vips[0], None) as trusted:  # the operator's own address
+        assert trusted.get("/api/messages?limit=1").headers["x-db-role"] in ("primary", "replica")
+
+
+def test_database_connections_and_replication_are_encrypted(lab):
+    primary, replica = lab.names("db-primary")[0], lab.names("db-replica")[0]
+    users = lab.ssh(primary, "mariadb -B -N -e \"SELECT user, ssl_type FROM mysql.user "
+                             "WHERE host <> 'localhost'\"")
+    rows = [line.split("\t") for line in users.splitlines()]
+    assert {u for u, _ in rows} >= {"site", "migrate", "repl"}
+    assert all(t == "ANY" for _, t in rows), rows
+    variables = lab.ssh(primary, "mariadb -B -N -e \"SELECT @@require_secure_transport, "
+                                 "@@have_ssl\"").split()
+    assert variables == ["1", "YES"]
+    # the site's own traffic made TLS sessions on the primary and on the replica
+    with lab.client(lab.vips[0]) as c:
+        assert c.post("/messages", json={"author": "tls", "body": str(uuid.uuid4())}
+                      ).status_code == 201
+    for node in (primary, replica):
+        accepts = lab.ssh(node, "mariadb -B -N -e \"SHOW GLOBAL STATUS LIKE 'Ssl_accepts'\"")
+        assert int(accepts.split()[1]) > 0, node
+    status = lab.ssh(replica, "mariadb -e 'SHOW SLAVE STATUS\\G'")
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in
+                                                   status.splitlines()[1:])}
+    assert fields["Master_SSL_Allowed"] == "Yes"
+    assert fields["Master_SSL_Verify_Server_Cert"] == "Yes"
+    assert fields["Slave_IO_Running"] == "Yes"
+    # the site's own credentials work over TLS and are refused without it
+    app, address = lab.names("app")[0], lab.machine(primary)["addresses"][0]
+    probe = ("set -a; . /etc/foobar/site.env; python3 -c \"import os, pymysql; pymysql.connect("
+             f"host='{address}', user='site', password=os.environ['FOOBAR_DB_PASSWORD'], "
+             "connect_timeout=2, ssl={TLS}); print('connected')\" 2>&1 | tail -1")
+    with_tls = lab.ssh(app, probe.replace("{TLS}", "{'ca': os.environ['FOOBAR_DB_TLS_CA']}"))
+    assert with_tls.strip() == "connected", with_tls
+    without = lab.ssh(app, probe.replace("{TLS}", "None"), check=False)
+    assert "1045" in without, without
+
+
+def test_a_client_over_the_rate_limit_gets_429_while_others_are_served(lab, clients):
+    noisy, quiet = clients
+    codes: Counter[int] = Counter()
+    retry_after = None
+    with outside(lab, lab.vips[0], noisy, timeout=5) as c:
+        deadline = time.monotonic() + 20
+        while codes[429] < 5 and time.monotonic() < deadline:
+            r = c.get("/healthz")
+            codes[r.status_code] += 1
+            if r.status_code == 429:
+                retry_after = r.headers.get("retry-after")
+        with outside(lab, lab.vips[0], quiet) as other:
+            assert other.get("/healthz").status_code == 200
+    assert codes[429] >= 5, codes
+    assert codes[200] >= 300, codes  # the limit is 400 per 10 s, not lower
+    assert retry_after == "10"
+
+
+def test_a_scanner_banned_through_one_vip_is_refused_through_both_until_unbanned(lab, clients):
+    scanner = clients[1]
+    with outside(lab, lab.vips[0], scanner, timeout=2) as c:
+        for i in range(40):
+            try:
+                c.get(f"/wp-login-{i}.php")
+            except httpx.HTTPError:
+                break  # banned mid-scan: the edge refuses the connection
+
+    def refused(vip: str) -> bool:
+        try:
+            with outside(lab, vip, scanner, timeout=2) as c:
+                c.get("/healthz")
+        except httpx.HTTPError:
+            return True
+        return False
+
+    for vip in lab.vips:
+        poll(lambda v=vip: refused(v), 15, f"the scanner to be refused on {vip}")
+    listed = run("lb", "bans").stdout
+    assert listed.count(scanner) == len(lab.names("loadbalancer")), listed
+    with outside(lab, lab.vips[0], clients[0]) as bystander:
+        assert bystander.get("/healthz").status_code == 200
+
+    run("lb", "unban", scanner)
+    for vip in lab.vips:
+        def served(v=vip) -> bool:
+            with outside(lab, v, scanner, timeout=2) as c:
+                return c.get("/healthz").status_code == 200
+        poll(served, 10, f"the unbanned client to be served on {vip}")
