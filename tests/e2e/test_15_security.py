@@ -7,13 +7,22 @@ which the edge trusts): they connect from extra addresses put on the public brid
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from hastack import siteclient
 
@@ -194,3 +203,67 @@ def test_a_scanner_banned_through_one_vip_is_refused_through_both_until_unbanned
             with outside(lab, v, scanner, timeout=2) as c:
                 return c.get("/healthz").status_code == 200
         poll(served, 10, f"the unbanned client to be served on {vip}")
+
+
+# ---- bad input: refused in one line before anything is applied ---------------------------
+
+def _self_signed(directory, names, days=30, start_days=-1, key=None):
+    """A certificate (and its key) for names, valid from start_days to start_days + days."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now + timedelta(days=start_days))
+            .not_valid_after(now + timedelta(days=start_days + days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "privkey.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return directory / "fullchain.pem", directory / "privkey.pem"
+
+
+def _served_certificate(lab) -> bytes:
+    with socket.create_connection((lab.vips[0], 443), timeout=5) as raw:
+        context = ssl.create_default_context(cafile=lab.ca)
+        with context.wrap_socket(raw, server_hostname=lab.domain) as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def _deploy_with(lab, tmp_path, **variables) -> str:
+    """`hastack deploy -i` of the lab's own inventory with extra all.vars; its error line."""
+    data = yaml.safe_load(Path(lab.status["inventory"]).read_text())
+    data["all"]["vars"].update({k: str(v) for k, v in variables.items()})
+    inventory = tmp_path / "servers.yml"
+    inventory.write_text(yaml.safe_dump(data))
+    result = run("deploy", "-i", str(inventory), "--secrets-dir",
+                 str(Path(lab.status["inventory"]).parent / "secrets"), check=False)
+    assert result.returncode != 0, result.stdout[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "deployed:" not in result.stdout and "▸" not in result.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["wrong name", "expired", "key of another certificate"])
+def test_a_bad_site_certificate_is_refused_and_the_site_keeps_serving(lab, tmp_path, case):
+    before = _served_certificate(lab)
+    names = [lab.domain, *lab.status["site"]["aliases"]]
+    if case == "wrong name":
+        cert, key = _self_signed(tmp_path / "c", ["www.example.org"])
+        expected = f"{cert}: does not cover {lab.domain}"
+    elif case == "expired":
+        cert, key = _self_signed(tmp_path / "c", names, days=10, start_days=-20)
+        expected = f"{cert}: expired on "
+    else:
+        cert, _ = _self_signed(tmp_path / "c", names)
+        _, key = _self_signed(tmp_path / "other", names)
+        expected = f"{key}: does not match the certificate in {cert}"
+    line = _deploy_with(lab, tmp_path, hastack_site_cert_file=cert, hastack_site_key_file=key)
+    assert line.startswith("error: ") and expected in line, line
+    assert _served_certificate(lab) == before
+    with lab.client(lab.vips[0]) as c:
+        assert c.get("/").status_code == 200
