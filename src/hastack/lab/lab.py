@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ from hastack.errors import HastackError
 from hastack.lab import image, network
 from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools
 from hastack.topology import Topology
+
+
+def remote_command(command: str | Sequence[str]) -> str:
+    """The command line to give ssh for a command on a machine.
+
+    ssh joins its arguments with spaces and the remote shell splits them again, so an argv of
+    several words is quoted to arrive as it is. One string is a shell line, sent unchanged
+    (pipes, `;` and $VARS keep working).
+    """
+    if isinstance(command, str):
+        return command
+    args = list(command)
+    return args[0] if len(args) == 1 else shlex.join(args)
 
 
 def require_root(what: str) -> None:
@@ -156,16 +170,24 @@ class Lab:
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                 "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
 
-    def run_on(self, machine: str, command: str, timeout: float = 60,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a shell command on a lab machine over SSH (as the admin bastion)."""
-        m = self.require_topology().machine(machine)
-        return subprocess.run(["ssh", *self.ssh_options(), f"root@{m.private_address}", command],
-                              capture_output=True, text=True, timeout=timeout,
-                              input=stdin if stdin is not None else "")
+    def ssh_argv(self, machine: str, command: str | Sequence[str] | None = None) -> list[str]:
+        """ssh to a lab machine as root, running `command` (see remote_command) or a shell.
 
-    def run_checked(self, machine: str, command: str, what: str, timeout: float = 60,
-                    stdin: str | None = None) -> str:
+        `--` ends ssh's options, which it would otherwise also look for after the host.
+        """
+        m = self.require_topology().machine(machine)
+        argv = ["ssh", *self.ssh_options(), f"root@{m.private_address}"]
+        return [*argv, "--", remote_command(command)] if command else argv
+
+    def run_on(self, machine: str, command: str | Sequence[str], timeout: float = 60,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command on a lab machine over SSH (as the admin bastion): a shell line, or an
+        argv that arrives word for word."""
+        return subprocess.run(self.ssh_argv(machine, command), capture_output=True, text=True,
+                              timeout=timeout, input=stdin if stdin is not None else "")
+
+    def run_checked(self, machine: str, command: str | Sequence[str], what: str,
+                    timeout: float = 60, stdin: str | None = None) -> str:
         """run_on, raising one clear error if the command fails; returns its stdout."""
         result = self.run_on(machine, command, timeout=timeout, stdin=stdin)
         if result.returncode != 0:
