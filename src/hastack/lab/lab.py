@@ -25,7 +25,7 @@ from rich.console import Console
 from hastack import deploy, inventory, paths, topology, ui, wheelhouse
 from hastack.errors import HastackError
 from hastack.lab import image, network
-from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools
+from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools, stop_machines
 from hastack.topology import Topology
 
 
@@ -238,7 +238,7 @@ class Lab:
         for name in chosen:
             topo.machine(name)
         machines = [m for m in self.machines(topo) if m.name in chosen]
-        _stop_all(machines, graceful)
+        stop_machines(machines, graceful)
         return sorted(chosen)
 
     def start(self, names: Iterable[str]) -> None:
@@ -257,7 +257,7 @@ class Lab:
             if name not in known:
                 machines.append(LabMachine(None, None, self.dir, name=name))
         deploy.close_connections(self.secrets)
-        _stop_all(machines, graceful=True)
+        stop_machines(machines, graceful=True)
         network.remove_links()
         shutil.rmtree(self.dir, ignore_errors=True)
         image.prune_unused()  # no machine is left on an older image
@@ -301,18 +301,6 @@ def _keep_current_primary(previous: Topology, topo: Topology, console: Console) 
                           f"'hastack db switchover {wanted[0]}' moves it back")
             return topo.with_primary(current[0])
     return topo
-
-
-def _stop_all(machines: list[LabMachine], graceful: bool, timeout: float = 10.0) -> None:
-    """Power machines off together (one SIGTERM each, then wait), killing stragglers."""
-    if graceful:
-        for m in machines:
-            m.request_poweroff()
-        deadline = time.monotonic() + timeout
-        while any(m.running() for m in machines) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    for m in machines:
-        m.stop(graceful=False)
 
 
 def _ssh_banner(address: str) -> bool:
