@@ -109,12 +109,12 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="one JSON object
 def ssh(machine: Annotated[str, typer.Argument(help="machine name, e.g. web1")],
         command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
         ) -> None:
-    """Open a shell on a lab machine, or run a command there (hastack ssh db1 -- mariadb)."""
-    lab = Lab()
-    topo = lab.require_topology()
-    m = topo.machine(machine)
-    argv = ["ssh", *lab.ssh_options(), f"root@{m.private_address}", *(command or [])]
-    os.execvp("ssh", argv)
+    """Open a shell on a lab machine, or run a command there (hastack ssh db1 -- mariadb).
+
+    Several arguments run as exactly that argv, quoting kept; a single one is a shell line,
+    e.g. -- 'systemctl status nginx | head'.
+    """
+    os.execvp("ssh", Lab().ssh_argv(machine, command))
 
 
 @app.command("deploy")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,21 @@ from rich.console import Console
 from hastack import deploy, inventory, paths, pki, siteclient, topology, ui, wheelhouse
 from hastack.errors import HastackError
 from hastack.lab import image, network
-from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools
+from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools, stop_machines
 from hastack.topology import Topology
+
+
+def remote_command(command: str | Sequence[str]) -> str:
+    """The command line to give ssh for a command on a machine.
+
+    ssh joins its arguments with spaces and the remote shell splits them again, so an argv of
+    several words is quoted to arrive as it is. One string is a shell line, sent unchanged
+    (pipes, `;` and $VARS keep working).
+    """
+    if isinstance(command, str):
+        return command
+    args = list(command)
+    return args[0] if len(args) == 1 else shlex.join(args)
 
 
 def require_root(what: str) -> None:
@@ -158,16 +172,24 @@ class Lab:
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                 "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
 
-    def run_on(self, machine: str, command: str, timeout: float = 60,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a shell command on a lab machine over SSH (as the admin bastion)."""
-        m = self.require_topology().machine(machine)
-        return subprocess.run(["ssh", *self.ssh_options(), f"root@{m.private_address}", command],
-                              capture_output=True, text=True, timeout=timeout,
-                              input=stdin if stdin is not None else "")
+    def ssh_argv(self, machine: str, command: str | Sequence[str] | None = None) -> list[str]:
+        """ssh to a lab machine as root, running `command` (see remote_command) or a shell.
 
-    def run_checked(self, machine: str, command: str, what: str, timeout: float = 60,
-                    stdin: str | None = None) -> str:
+        `--` ends ssh's options, which it would otherwise also look for after the host.
+        """
+        m = self.require_topology().machine(machine)
+        argv = ["ssh", *self.ssh_options(), f"root@{m.private_address}"]
+        return [*argv, "--", remote_command(command)] if command else argv
+
+    def run_on(self, machine: str, command: str | Sequence[str], timeout: float = 60,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command on a lab machine over SSH (as the admin bastion): a shell line, or an
+        argv that arrives word for word."""
+        return subprocess.run(self.ssh_argv(machine, command), capture_output=True, text=True,
+                              timeout=timeout, input=stdin if stdin is not None else "")
+
+    def run_checked(self, machine: str, command: str | Sequence[str], what: str,
+                    timeout: float = 60, stdin: str | None = None) -> str:
         """run_on, raising one clear error if the command fails; returns its stdout."""
         result = self.run_on(machine, command, timeout=timeout, stdin=stdin)
         if result.returncode != 0:
@@ -224,7 +246,7 @@ class Lab:
         for name in chosen:
             topo.machine(name)
         machines = [m for m in self.machines(topo) if m.name in chosen]
-        _stop_all(machines, graceful)
+        stop_machines(machines, graceful)
         return sorted(chosen)
 
     def start(self, names: Iterable[str]) -> None:
@@ -243,7 +265,7 @@ class Lab:
             if name not in known:
                 machines.append(LabMachine(None, None, self.dir, name=name))
         deploy.close_connections(self.secrets)
-        _stop_all(machines, graceful=True)
+        stop_machines(machines, graceful=True)
         network.remove_links()
         shutil.rmtree(self.dir, ignore_errors=True)
         image.prune_unused()  # no machine is left on an older image
@@ -291,18 +313,6 @@ def _keep_current_primary(previous: Topology, topo: Topology, console: Console) 
                           f"'hastack db switchover {wanted[0]}' moves it back")
             return topo.with_primary(current[0])
     return topo
-
-
-def _stop_all(machines: list[LabMachine], graceful: bool, timeout: float = 10.0) -> None:
-    """Power machines off together (one SIGTERM each, then wait), killing stragglers."""
-    if graceful:
-        for m in machines:
-            m.request_poweroff()
-        deadline = time.monotonic() + timeout
-        while any(m.running() for m in machines) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    for m in machines:
-        m.stop(graceful=False)
 
 
 def _ssh_banner(address: str) -> bool:

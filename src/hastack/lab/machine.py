@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from hastack.errors import HastackError
@@ -24,6 +25,11 @@ from hastack.topology import Machine, Topology
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
 PUBLIC_IF = "pub"
 PRIVATE_IF = "priv"
+POLL = 0.02  # seconds between looks at processes on their way out
+KILL_TIMEOUT = 5.0  # for SIGKILLed processes to finish exiting
+
+# A process as (PID, start time in clock ticks since boot): a PID alone may be reused.
+Process = tuple[int, int]
 
 
 def host_veth(name: str, net: int) -> str:
@@ -94,20 +100,18 @@ class LabMachine:
         return [root / cgroup_name(self.name) for root in CGROUP_ROOTS if root.is_dir()]
 
     def pids(self) -> list[int]:
-        """Every process of this machine, from its cgroups (sub-cgroups included).
+        """Every process of this machine, from its cgroups (sub-cgroups included)."""
+        return cgroup_pids(self._cgroups())
 
-        The machine may be shutting down while we look: cgroups vanish under the walk.
-        """
-        found: set[int] = set()
-        for cg in self._cgroups():
-            for dirpath, _dirs, files in os.walk(cg, onerror=lambda _err: None):
-                if "cgroup.procs" not in files:
-                    continue
-                try:
-                    found.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
-                except OSError:
-                    continue
-        return sorted(found)
+    def processes(self) -> list[Process]:
+        """The machine's processes now, and its nspawn if that is a zombie by now: nspawn's
+        parent is init (the `up` that started it has exited), which may reap it later."""
+        pids = set(self.pids())
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pidfile.read_text())
+            if in_cgroups(pid, self._cgroups()):
+                pids.add(pid)
+        return [p for p in map(identify, sorted(pids)) if p is not None]
 
     def running(self) -> bool:
         return bool(self.pids())
@@ -175,17 +179,7 @@ class LabMachine:
 
     def stop(self, timeout: float = 10.0, graceful: bool = True) -> None:
         """Power the machine off (SIGTERM to nspawn), or pull the plug (SIGKILL, by PID)."""
-        if graceful:
-            self.request_poweroff()
-            deadline = time.monotonic() + timeout
-            while self.running() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        while self.running():
-            for pid in self.pids():
-                _signal(pid, signal.SIGKILL)
-            time.sleep(0.02)
-        self._remove_cgroups()
-        self.pidfile.unlink(missing_ok=True)
+        stop_machines([self], graceful, timeout)
 
     def _leader(self) -> int | None:
         """The nspawn process; without a pid file, the oldest process of the top cgroup."""
@@ -219,6 +213,118 @@ class LabMachine:
             except OSError:
                 continue
         return total
+
+
+def stop_machines(machines: Sequence[LabMachine], graceful: bool = True,
+                  timeout: float = 10.0) -> None:
+    """Power machines off together; return only once every process of theirs is gone.
+
+    A clean power-off (one SIGTERM to each nspawn) gets `timeout` seconds, then whatever is
+    left in their cgroups gets SIGKILL. The cgroups go last: rmdir needs them empty.
+    """
+    cgroups = [cg for m in machines for cg in m._cgroups()]
+    procs = [p for m in machines for p in m.processes()]
+    if graceful:
+        for m in machines:
+            m.request_poweroff()
+        wait_gone(cgroups, procs, timeout)
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while not gone(cgroups, procs) and time.monotonic() < deadline:
+        kill_cgroups(cgroups)
+        time.sleep(POLL)
+    # A zombie that init has not reaped by now is dead all the same; a live process is not.
+    if any(map(populated, cgroups)):
+        raise HastackError(f"processes {', '.join(map(str, cgroup_pids(cgroups)))} of the lab "
+                           f"survived SIGKILL for {KILL_TIMEOUT:.0f} s; run the command again")
+    for m in machines:
+        m._remove_cgroups()
+        m.pidfile.unlink(missing_ok=True)
+
+
+def cgroup_pids(cgroups: Iterable[Path]) -> list[int]:
+    """Every process in these cgroups, sub-cgroups included.
+
+    A machine may be shutting down while we look: cgroups vanish under the walk.
+    """
+    found: set[int] = set()
+    for cg in cgroups:
+        for dirpath, _dirs, files in os.walk(cg, onerror=lambda _err: None):
+            if "cgroup.procs" not in files:
+                continue
+            try:
+                found.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def populated(cg: Path) -> bool:
+    """Whether a process of the cgroup tree is alive or still exiting (a gone cgroup: no).
+
+    cgroup v2 keeps one flag for the whole tree, cleared only once its last process is dead;
+    v1 has only the lists of processes.
+    """
+    try:
+        return "populated 1" in (cg / "cgroup.events").read_text().splitlines()
+    except FileNotFoundError:
+        return bool(cgroup_pids([cg]))
+
+
+def identify(pid: int) -> Process | None:
+    """(pid, start time) of a live or zombie process; None if there is no such PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return pid, int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def gone(cgroups: Sequence[Path], procs: Iterable[Process]) -> bool:
+    """No process left in `cgroups`, and each of `procs` reaped (not merely a zombie)."""
+    return not any(map(populated, cgroups)) and all(identify(p[0]) != p for p in procs)
+
+
+def wait_gone(cgroups: Sequence[Path], procs: Iterable[Process], timeout: float) -> bool:
+    """Poll until gone(cgroups, procs); False if that took longer than `timeout` seconds."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout
+    while not gone(cgroups, procs):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
+def in_cgroups(pid: int, cgroups: Sequence[Path]) -> bool:
+    """Whether a process is in one of these cgroups (each at the top of its hierarchy, as a
+    lab machine's are) or below."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return False
+    tops = {f"/{cg.name}" for cg in cgroups}
+    paths = [line.split(":", 2)[-1] for line in lines]
+    return any(p == top or p.startswith(top + "/") for p in paths for top in tops)
+
+
+def kill_cgroups(cgroups: Sequence[Path]) -> None:
+    """SIGKILL every process in these cgroups, and nothing else.
+
+    A pidfd holds on to the process found by PID, so a PID reused after the lookup is not
+    signalled unless that new process is in these cgroups too.
+    """
+    for pid in cgroup_pids(cgroups):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if in_cgroups(pid, cgroups):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _nofile_hard() -> int:

@@ -8,6 +8,7 @@ routed between them or to anything outside: machines reach only their own bridge
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import time
 from pathlib import Path
@@ -28,6 +29,16 @@ def bridges(topo: Topology) -> list[tuple[str, str]]:
         (PUBLIC_BRIDGE, f"{topo.host_public}/{topo.public_net.prefixlen}"),
         (PRIVATE_BRIDGE, f"{topo.host_private}/{topo.private_net.prefixlen}"),
     ]
+
+
+def bridge_mac(name: str) -> str:
+    """The bridge's own MAC, fixed: without one a bridge takes the lowest MAC of its ports, so
+    powering that machine off changes the host's MAC and every ARP entry for it goes stale.
+
+    Locally administered unicast (02:...), derived from the name: the same on every run.
+    """
+    digest = hashlib.sha256(name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def _set_sysctl(path: str, value: str) -> None:
@@ -58,17 +69,23 @@ def check_conflicts(topo: Topology, owned: set[str]) -> None:
 def ensure_bridges(topo: Topology) -> None:
     with IPRoute() as ipr:
         for name, cidr in bridges(topo):
+            mac = bridge_mac(name)
             if not ipr.link_lookup(ifname=name):
-                ipr.link("add", ifname=name, kind="bridge")
+                ipr.link("add", ifname=name, kind="bridge", address=mac)
             index = ipr.link_lookup(ifname=name)[0]
             _set_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
             _set_sysctl(f"net/ipv4/conf/{name}/forwarding", "0")
+            # A MAC change (below, on a bridge made before MACs were fixed) is announced by
+            # gratuitous ARP, so the machines do not keep the old one.
+            _set_sysctl(f"net/ipv4/conf/{name}/arp_notify", "1")
             address, prefix = cidr.split("/")
             have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
             for other in have - {address}:
                 ipr.addr("del", index=index, address=other, prefixlen=int(prefix))
             if address not in have:
                 ipr.addr("add", index=index, address=address, prefixlen=int(prefix))
+            if ipr.get_links(index)[0].get_attr("IFLA_ADDRESS") != mac:
+                ipr.link("set", index=index, address=mac)
             ipr.link("set", index=index, state="up")
 
 
