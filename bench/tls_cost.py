@@ -85,7 +85,7 @@ def throughput(lab: Lab, vip: str, seconds: int) -> dict:
     topo = lab.require_topology()
     me = str(topo.host_public)
     lb = owner_of(lab, vip)
-    api = f"socat stdio /run/haproxy/admin.sock"
+    api = "socat stdio /run/haproxy/admin.sock"
     lab.run_checked(lb, api, "allowing plain HTTP", stdin=f"add acl {PLAIN_ACL} {me}\n")
     try:
         figures = {}

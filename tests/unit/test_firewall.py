@@ -525,8 +525,6 @@ def _nginx_ports() -> set[int]:
     return {int(p) for p in re.findall(r"listen 198\.19\.0\.21:(\d+)", text)}
 
 
-@pytest.mark.xfail(strict=True, reason="nginx still listens on plain HTTP (80) until the TLS "
-                                       "work lands; then remove this mark")
 def test_load_balancers_reach_nginx_on_the_port_it_listens_on():
     assert set(_flow_ports("web-from-lb")) == _nginx_ports()
 
