@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from hastack import siteclient
 from hastack.loadgen import BackgroundLoad
@@ -33,6 +34,23 @@ def run(*args: str, check: bool = True, timeout: float = 1200,
         pytest.fail(f"hastack {' '.join(args)} exited {result.returncode}:\n"
                     f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def deploy_with(lab: Lab, tmp_path: Path, **variables: object
+                ) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """`hastack deploy -i` of the lab's own inventory (its secrets too) with extra all.vars,
+    expected to be refused: returns its one error line and the result."""
+    data = yaml.safe_load(Path(lab.status["inventory"]).read_text())
+    data["all"]["vars"].update({k: str(v) for k, v in variables.items()})
+    inventory = tmp_path / "servers.yml"
+    inventory.write_text(yaml.safe_dump(data))
+    result = run("deploy", "-i", str(inventory), "--secrets-dir",
+                 str(Path(lab.status["inventory"]).parent / "secrets"), check=False)
+    assert result.returncode != 0, result.stdout[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "deployed:" not in result.stdout
+    return lines[0], result
 
 
 def poll(condition: Callable[[], object], timeout: float, what: str,
