@@ -28,3 +28,20 @@ def test_on_reload_updates_the_environment(gunicorn_conf, tmp_path, monkeypatch)
     monkeypatch.setenv("FOOBAR_DB_PRIMARY", "198.19.0.41:3306")
     gunicorn_conf.on_reload(server=None)
     assert os.environ["FOOBAR_DB_PRIMARY"] == "198.19.0.42:3306"
+
+
+def test_one_tls_context_per_worker_not_per_connection(gunicorn_conf):
+    """gunicorn asks for a context on every connection: building it once keeps the files
+    read once and lets clients resume their TLS sessions."""
+    import ssl
+
+    made = []
+
+    def factory():
+        made.append(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        return made[-1]
+
+    first = gunicorn_conf.ssl_context(None, factory)
+    assert gunicorn_conf.ssl_context(None, factory) is first
+    assert len(made) == 1
+    assert first.minimum_version == ssl.TLSVersion.TLSv1_2

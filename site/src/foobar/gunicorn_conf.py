@@ -62,10 +62,25 @@ if ca_certs:
     cert_reqs = ssl.CERT_REQUIRED
 
 
+_ssl_contexts = {}
+
+
 def ssl_context(config, default_ssl_context_factory):
-    """gunicorn's own context (files, client verification) with TLS 1.2 as the floor."""
-    context = default_ssl_context_factory()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    """gunicorn's own context (files, client verification) with TLS 1.2 as the floor, made
+    once per worker process.
+
+    gunicorn calls this for every connection; its default builds a new context each time
+    (reading the CA, certificate and key files again, and with no session cache, so no
+    client can resume): that capped an app server at ~80 new TLS connections a second here.
+    New workers (a reload) build their own, so renewed certificates are picked up.
+    """
+    pid = os.getpid()
+    context = _ssl_contexts.get(pid)
+    if context is None:
+        context = default_ssl_context_factory()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _ssl_contexts.clear()
+        _ssl_contexts[pid] = context
     return context
 
 
