@@ -252,3 +252,44 @@ def test_a_bad_site_certificate_is_refused_and_the_site_keeps_serving(lab, tmp_p
     assert _served_certificate(lab) == before
     with lab.client(lab.vips[0]) as c:
         assert c.get("/").status_code == 200
+
+
+def test_oversized_and_slow_requests_are_cut_off_while_others_are_served(lab, clients):
+    slow, other = clients
+    vip = lab.vips[0]
+    with outside(lab, vip, other) as c:
+        big = c.post("/messages", content=b"x" * 70_000,
+                     headers={"Content-Type": "application/json"})
+        assert big.status_code == 413
+        assert c.get("/", headers={"X-Big": "y" * 20_000}).status_code in (400, 431)
+    # slowloris: many connections that never finish their request head
+    held = []
+    for _ in range(200):
+        s = socket.create_connection((vip, 80), timeout=10, source_address=(slow, 0))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: " + lab.domain.encode() + b"\r\n")
+        held.append(s)
+    started = time.monotonic()
+    latencies = []
+    with outside(lab, vip, other, timeout=5) as c:
+        while time.monotonic() - started < 4:
+            t0 = time.monotonic()
+            assert c.get("/healthz").status_code == 200
+            latencies.append(time.monotonic() - t0)
+            for s in held[:20]:
+                s.sendall(b"X-Slow: 1\r\n")  # dribbling, never done
+            time.sleep(0.2)
+    assert max(latencies) < 1.0, max(latencies)
+
+    def cut_off(s: socket.socket) -> bool:
+        try:
+            data = s.recv(4096)
+        except OSError:
+            return True
+        return data == b"" or data.startswith(b"HTTP/1.1 408")
+
+    for s in held:
+        s.settimeout(max(0.1, started + 8 - time.monotonic()))
+    closed = sum(cut_off(s) for s in held)
+    for s in held:
+        s.close()
+    assert closed == len(held)  # the edge's 5 s request-head limit
