@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "ansible" / "roles" / "monitoring"
 RULES = ROLE / "files" / "rules" / "hastack.rules.yml"
 TESTS = sorted((ROLE / "files" / "tests").glob("*.test.yml"))
+DOC = REPO / "docs" / "monitoring.md"
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,11 @@ def test_every_alert_is_explained_in_a_comment():
                     j -= 1
                 assert "for:" in " ".join(comment), f"{name}: the comment must explain for:"
 
+
+def test_docs_list_every_alert_with_its_budget():
+    doc = DOC.read_text()
+    for rule in alerts():
+        row = [line for line in doc.splitlines() if line.startswith(f"| {rule['alert']} |")]
+        assert row, f"docs/monitoring.md has no table row for {rule['alert']}"
+        assert f"| {rule['annotations']['budget']} |" in row[0], rule["alert"]
+        assert f"| {rule.get('for', '0s')} |" in row[0], rule["alert"]
