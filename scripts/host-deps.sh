@@ -4,9 +4,12 @@
 #  openssh-client: Ansible and `hastack ssh`;  wrk: benchmarks
 #  mariadb-server, openssl: the site's own tests start throwaway MariaDB servers (never the
 #  host's service: it is kept from starting during the install)
+#  prometheus, prometheus-alertmanager, prometheus-blackbox-exporter: promtool, amtool and
+#  blackbox's --config.check for the monitoring tests (their services are kept from starting)
 set -euo pipefail
 packages=(systemd-container debootstrap openssh-client iproute2 util-linux wrk
-          mariadb-server mariadb-client openssl gzip)
+          mariadb-server mariadb-client openssl gzip
+          prometheus prometheus-alertmanager prometheus-blackbox-exporter)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,3 +28,10 @@ fi
 trap 'if [ -n "$own_policy" ]; then rm -f "$policy"; fi' EXIT
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Only their tools are wanted here: services this script installed do not start at boot either.
+for p in "${missing[@]}"; do
+  case "$p" in
+    prometheus|prometheus-alertmanager|prometheus-blackbox-exporter)
+      systemctl disable --quiet "$p.service" 2>/dev/null || true ;;
+  esac
+done

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from hastack import paths, pki, wheelhouse
+from hastack import alerting, paths, pki, wheelhouse
 from hastack.errors import HastackError
 
 
@@ -202,9 +202,10 @@ def list_inventory(inventory: Path, env: dict[str, str] | None = None) -> dict[s
     return listing
 
 
-def ensure_tls(inventory: Path, secrets_dir: Path, env: dict[str, str] | None = None) -> Path:
+def ensure_tls(inventory: Path, secrets_dir: Path, env: dict[str, str] | None = None,
+               listing: dict[str, Any] | None = None) -> Path:
     """The inventory's certificates in {secrets_dir}/tls, (re)issued or checked as needed."""
-    request = tls_request(list_inventory(inventory, env), inventory)
+    request = tls_request(listing or list_inventory(inventory, env), inventory)
     return pki.ensure(secrets_dir, request.domain, request.aliases, request.machines,
                       site_cert=request.site_cert, site_key=request.site_key)
 
@@ -228,7 +229,9 @@ def run(inventory: Path, secrets_dir: Path, console: Console,
     secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     secrets_dir.chmod(0o700)
     env = _ansible_env(secrets_dir)
-    tls = ensure_tls(inventory, secrets_dir, env)
+    listing = list_inventory(inventory, env)
+    alerting.check_inventory(listing, inventory)  # receivers, SMTP, extra rules
+    tls = ensure_tls(inventory, secrets_dir, env, listing)
     wheels = wheelhouse.ensure(console)
     variables = {
         "hastack_secrets_dir": str(secrets_dir),

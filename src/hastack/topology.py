@@ -21,7 +21,10 @@ from hastack.errors import HastackError
 LAB_SPACE = IPv4Network("198.18.0.0/15")
 
 ROLES = ("loadbalancer", "dns", "web", "app", "db-primary", "db-replica", "monitoring")
-PUBLIC_ROLES = ("loadbalancer", "dns")
+# Roles whose machines also sit on the public net. Monitoring does because its blackbox
+# probes reach the site the way an outside client does: DNS at the name server's public
+# address, then HTTPS on each VIP (docs/monitoring.md).
+PUBLIC_ROLES = ("loadbalancer", "dns", "monitoring")
 
 # role -> roles that must exist somewhere in the topology for it to work
 DEPENDENCIES = {
@@ -39,7 +42,8 @@ COUNTS = {
     "app": ("app", 2, 1, 9, "app", 31),
     "replicas": ("db-replica", 1, 0, 8, "db", 42),
     "dns": ("dns", 1, 0, 1, "ns", 53),
-    "monitoring": ("monitoring", 1, 0, 1, "mon", 61),
+    # Two monitoring machines scrape everything each and form one Alertmanager cluster.
+    "monitoring": ("monitoring", 1, 0, 2, "mon", 61),
 }
 PRIMARY_OFFSET = 41
 VIP_OFFSET = 100
@@ -299,13 +303,18 @@ def _explicit_machines(c: _Checker, raw: Any, public: IPv4Network,
         pub = None
         if needs_public:
             if "public_address" not in t:
-                c.fail(f"{key}.public_address", "is required for roles loadbalancer and dns")
+                c.fail(f"{key}.public_address",
+                       f"is required for roles {_public_roles()} (they sit on the public net)")
             pub = c.address(f"{key}.public_address", t["public_address"], public)
         elif "public_address" in t:
-            c.fail(f"{key}.public_address", "only loadbalancer and dns machines sit on the "
+            c.fail(f"{key}.public_address", f"only {_public_roles()} machines sit on the "
                                             "public net; remove it")
         machines.append(Machine(name, tuple(roles), priv, pub))
     return machines
+
+
+def _public_roles() -> str:
+    return ", ".join(PUBLIC_ROLES[:-1]) + " and " + PUBLIC_ROLES[-1]
 
 
 def _check_unique(c: _Checker, machines: list[Machine]) -> None:
@@ -337,11 +346,11 @@ def _check_roles(c: _Checker, machines: list[Machine]) -> None:
     primaries = [m.name for m in machines if "db-primary" in m.roles]
     if len(primaries) > 1:
         c.fail("machines", f"exactly one db-primary is allowed, found {', '.join(primaries)}")
-    for role in ("dns", "monitoring"):
+    for role, most in (("dns", 1), ("monitoring", 2)):
         holders = [m.name for m in machines if role in m.roles]
-        if len(holders) > 1:
-            c.fail("machines", f"at most one machine may have role '{role}', "
-                               f"found {', '.join(holders)}")
+        if len(holders) > most:
+            c.fail("machines", f"at most {'one machine' if most == 1 else f'{most} machines'} "
+                               f"may have role '{role}', found {', '.join(holders)}")
 
 
 def _vips(c: _Checker, raw: Any, lb_count: int, public: IPv4Network,

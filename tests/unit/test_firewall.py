@@ -41,6 +41,7 @@ TOPOLOGIES = {
     "bigger": ROOT / "examples" / "bigger.toml",
     "small": ROOT / "examples" / "small.toml",
     "no-dns-no-monitoring": {"counts": {"dns": 0, "monitoring": 0, "replicas": 0}},
+    "two-monitoring": {"counts": {"monitoring": 2}},
 }
 
 
@@ -280,18 +281,41 @@ def test_monitoring_scrapes_every_exporter_and_nothing_else():
             if host != "mon1":
                 assert accepts(s, host, mon, addr(s, host), "tcp", port) == flow, (host, flow)
                 assert opens(s, "mon1", addr(s, host), "tcp", port) == flow
-    # what monitoring may open: exactly those scrapes
+    # what monitoring may open: exactly those scrapes, and its probes of the site as a client
+    # (HTTPS on the VIPs, DNS at the name server's public address)
     out = {(r.flow, d, p) for r in rules(s, "mon1") if r.chain == "output"
            for d in r.daddr for p in r.ports}
     want = {(flow, addr(s, h), port) for flow, (grp, port) in expected.items()
             for h in s.groups[grp] if h != "mon1"}
+    want |= {("site-from-anyone", vip, port) for vip in s.vips for port in (80, 443)}
+    want |= {("dns-from-anyone", s.machines["ns1"].public, 53)}
     assert out == want
+    for vip in s.vips:
+        assert accepts(s, "lb1", s.machines["mon1"].public, vip, "tcp", 443)
     # the admin reads the status pages; nobody else does
     admin = s.admin[0]
     assert accepts(s, "mon1", admin, mon, "tcp", 9090) == "prometheus-from-admin"
     assert accepts(s, "mon1", admin, mon, "tcp", 9093) == "alertmanager-from-admin"
     assert accepts(s, "lb1", admin, addr(s, "lb1"), "tcp", 8404) == "haproxy-stats-from-admin"
     assert not accepts(s, "mon1", addr(s, "web1"), mon, "tcp", 9090)
+    assert accepts(s, "mon1", admin, mon, "tcp", 9095) == "alert-history-from-admin"
+    # nothing may reach a monitoring machine on its public address
+    assert not [r for r in rules(s, "mon1") if r.chain == "input" and r.daddr
+                and s.machines["mon1"].public in r.daddr]
+
+
+def test_two_monitoring_machines_work_as_one():
+    s = site("two-monitoring")
+    m1, m2 = s.machines["mon1"].private, s.machines["mon2"].private
+    for flow, proto, port in (("prometheus-peers", "tcp", 9090),
+                              ("alertmanager-from-prometheus", "tcp", 9093),
+                              ("alertmanager-cluster", "tcp", 9094),
+                              ("alertmanager-cluster", "udp", 9094),
+                              ("alert-history", "tcp", 9095)):
+        assert accepts(s, "mon2", m1, m2, proto, port) == flow
+        assert opens(s, "mon1", m2, proto, port) == flow
+        assert accepts(s, "mon1", m2, m1, proto, port) == flow
+    assert not accepts(s, "mon1", s.machines["web1"].private, m1, "tcp", 9094)
 
 
 def test_each_tier_opens_only_its_own_connections():
@@ -505,8 +529,16 @@ def test_flow_ports_are_the_ports_the_daemons_listen_on():
     assert _flow_ports("node-exporter") == [_defaults("common")["common_node_exporter_port"]]
     stats = _defaults("loadbalancer")["loadbalancer_stats_port"]
     assert _flow_ports("haproxy-metrics") == _flow_ports("haproxy-stats-from-admin") == [stats]
-    assert _flow_ports("prometheus-from-admin") == [
-        _defaults("monitoring")["monitoring_prometheus_port"]]
+    mon = _defaults("monitoring")
+    assert _flow_ports("prometheus-from-admin") == _flow_ports("prometheus-peers") == [
+        mon["monitoring_prometheus_port"]]
+    assert _flow_ports("alertmanager-from-admin") == _flow_ports(
+        "alertmanager-from-prometheus") == [mon["monitoring_alertmanager_port"]]
+    assert _flow_ports("alertmanager-cluster") == [mon["monitoring_alertmanager_cluster_port"]]
+    assert _flow_ports("alert-history") == _flow_ports("alert-history-from-admin") == [
+        mon["monitoring_receiver_port"]]
+    assert _flow_ports("nginx-exporter") == [group_vars["hastack_nginx_exporter_port"]]
+    assert _flow_ports("mysqld-exporter") == [group_vars["hastack_mysqld_exporter_port"]]
     assert _flow_ports("app-from-web") == _flow_ports("site-metrics") == [
         group_vars["hastack_app_port"]]
     assert _flow_ports("db-from-app") == _flow_ports("db-replication") == [

@@ -62,3 +62,8 @@ def test_every_instance_tracks_haproxy():
         assert config.count("haproxy_down weight 0") == 2
         assert config.count("haproxy_answers weight 0") == 2
         assert "state MASTER" not in config
+
+
+def test_every_instance_reports_its_state_changes_to_the_metrics_script():
+    for config in render(2).values():
+        assert config.count("notify /usr/local/sbin/hastack-vrrp-metrics") == 2

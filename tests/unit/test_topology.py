@@ -30,6 +30,17 @@ def test_counts_change_the_machine_list():
     assert len(t.vips) == 1
 
 
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_monitoring_count_and_its_public_leg(count):
+    t = topology.parse({"counts": {"monitoring": count}})
+    mons = t.with_role("monitoring")
+    assert [m.name for m in mons] == [f"mon{i + 1}" for i in range(count)]
+    for i, m in enumerate(mons):
+        # blackbox probes the VIPs and the name server from the public net, as a client would
+        assert str(m.private_address) == f"198.19.0.{61 + i}"
+        assert str(m.public_address) == f"198.18.0.{61 + i}"
+
+
 def test_roles_can_share_a_machine():
     t = topology.parse({"machines": [
         {"name": "lb1", "roles": ["loadbalancer"], "private_address": "198.19.0.11",
@@ -75,6 +86,7 @@ WWW = {"name": "www1", "roles": ["web", "app", "db-primary"], "private_address":
     ({"counts": {"web": 0}}, r"counts.web: 0 is out of range; use 1 to 9"),
     ({"counts": {"loadbalancers": 10}}, r"counts.loadbalancers: 10 is out of range"),
     ({"counts": {"replicas": -1}}, r"counts.replicas: -1 is out of range; use 0 to 8"),
+    ({"counts": {"monitoring": 3}}, r"counts.monitoring: 3 is out of range; use 0 to 2"),
     ({"counts": {"app": "two"}}, r"counts.app: must be an integer"),
     ({"networks": {"public": "10.0.0.0/24"}}, r"networks.public: 10.0.0.0/24 is outside "
                                                 r"198.18.0.0/15"),
@@ -98,7 +110,7 @@ WWW = {"name": "www1", "roles": ["web", "app", "db-primary"], "private_address":
                    {**WWW, "roles": ["web", "app"]}]},
      r"role 'app' needs a machine with role 'db-primary'"),
     ({"machines": [LB, {**WWW, "public_address": "198.18.0.21"}]},
-     r"machines\[1\].public_address: only loadbalancer and dns"),
+     r"machines\[1\].public_address: only loadbalancer, dns and monitoring machines"),
     ({"machines": [{k: v for k, v in LB.items() if k != "public_address"}, WWW]},
      r"machines\[0\].public_address: is required"),
     ({"machines": [LB, {**WWW, "name": "Web_1"}]},
@@ -107,6 +119,17 @@ WWW = {"name": "www1", "roles": ["web", "app", "db-primary"], "private_address":
     ({"machines": [LB, {**WWW, "roles": ["web", "app", "db-primary", "db-replica"]}]},
      r"cannot be both db-primary and db-replica"),
     ({"machines": []}, r"machines: must be a non-empty list"),
+    ({"machines": [LB, WWW] + [{"name": f"mon{i}", "roles": ["monitoring"],
+                                "private_address": f"198.19.0.6{i}",
+                                "public_address": f"198.18.0.6{i}"} for i in (1, 2, 3)]},
+     r"machines: at most 2 machines may have role 'monitoring', found mon1, mon2, mon3"),
+    ({"machines": [LB, WWW, {"name": "mon1", "roles": ["monitoring"],
+                             "private_address": "198.19.0.61"}]},
+     r"machines\[2\].public_address: is required for roles loadbalancer, dns and monitoring"),
+    ({"machines": [{**LB, "roles": ["loadbalancer", "dns"]}, WWW,
+                   {"name": "ns2", "roles": ["dns"], "private_address": "198.19.0.54",
+                    "public_address": "198.18.0.54"}]},
+     r"machines: at most one machine may have role 'dns', found lb1, ns2"),
     ({"counts": {"loadbalancers": 2}, "vips": [{"address": "198.18.0.100"}]},
      r"vips: 1 virtual IPs for 2 load balancers"),
     ({"counts": {"loadbalancers": 1}, "vips": [{"address": "198.19.0.100"}]},
