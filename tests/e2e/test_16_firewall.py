@@ -207,10 +207,10 @@ def test_a_firewall_that_would_cut_the_deploys_ssh_is_refused_before_any_change(
     """An inventory whose admin address is not where the deploy runs from: every machine's
     firewall would drop this very SSH session, so nothing may be applied anywhere."""
     lb = next(m["name"] for m in lab.status["machines"] if "loadbalancer" in m["roles"])
-    before = lab.ssh(lb, "nft -s list table inet hastack | sha256sum; stat -c %Y /etc/nftables.conf")
+    state = "nft -s list table inet hastack | sha256sum; stat -c %Y /etc/nftables.conf"
+    before = lab.ssh(lb, state)
     line, _ = deploy_with(lab, tmp_path, hastack_admin_address="198.19.0.250")
     assert "the firewall would drop this deploy's own SSH from 198.19.0.1" in line, line
-    assert lab.ssh(lb, "nft -s list table inet hastack | sha256sum; stat -c %Y /etc/nftables.conf"
-                   ) == before
+    assert lab.ssh(lb, state) == before
     with lab.client(lab.vips[0]) as c:
         assert c.get("/").status_code == 200
