@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from hastack import db, deploy, lb, topology
 from hastack import inventory as inventory_model
+from hastack import status as monitoring_status
 from hastack.errors import HastackError
 from hastack.lab.lab import Lab, require_root
 
@@ -85,24 +89,49 @@ def start(machines: Annotated[list[str], typer.Argument(help="machines to boot")
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+           watch: Annotated[float | None, typer.Option(
+               "--watch", help="refresh in place every N seconds (Ctrl-C stops)")] = None,
            ) -> None:
-    """The lab's site and machines."""
-    info = Lab().status()
+    """The site, its machines and what monitoring sees: daemons, VIPs, backends, databases,
+    firing alerts, traffic."""
+    lab = Lab()
+    if watch is not None:
+        if watch <= 0:
+            raise HastackError("--watch takes a number of seconds above 0, e.g. --watch 2")
+        with Live(_status_view(lab), console=out, screen=False, auto_refresh=False) as live:
+            while True:
+                time.sleep(watch)
+                live.update(_status_view(lab), refresh=True)
+    info = _status_info(lab)
     if as_json:
         out.print_json(json.dumps(info)) if sys.stdout.isatty() else print(json.dumps(info))
         return
+    out.print(_status_view(lab, info))
+
+
+def _status_info(lab: Lab) -> dict:
+    info = lab.status()
     if info["site"] is None:
-        out.print("no lab is up (hastack up)")
-        return
+        raise HastackError("no lab is up (hastack up)")
+    topo = lab.require_topology()
+    return monitoring_status.merge(info, monitoring_status.collect(topo))
+
+
+def _status_view(lab: Lab, info: dict | None = None) -> Group:
+    info = info or _status_info(lab)
     site = info["site"]
-    out.print(f"[bold]{site['domain']}[/bold]  VIPs {', '.join(site['vips'])}"
-              + (f"  DNS {site['dns']}" if site["dns"] else ""))
-    table = Table("machine", "roles", "addresses", "state")
+    head = Text.from_markup(f"[bold]{site['domain']}[/bold]  VIPs {', '.join(site['vips'])}"
+                            + (f"  DNS {site['dns']}" if site["dns"] else ""))
+    table = Table("machine", "roles", "addresses", "state", "health", "daemons")
+    colours = {"running": "green", "ok": "green", "degraded": "yellow"}
     for m in info["machines"]:
-        colour = "green" if m["state"] == "running" else "red"
-        table.add_row(m["name"], ", ".join(m["roles"]), ", ".join(m["addresses"]),
-                      f"[{colour}]{m['state']}[/{colour}]")
-    out.print(table)
+        daemons = " ".join(f"{name}:{state}" for name, state in sorted(m["daemons"].items())
+                           if state != "active") or "all active"
+        cells = [f"[{colours.get(v, 'red')}]{v}[/]" for v in (m["state"], m["health"])]
+        table.add_row(m["name"], ", ".join(m["roles"]), ", ".join(m["addresses"]), *cells,
+                      daemons)
+    lines = monitoring_status.summary_lines(info["monitoring"])
+    return Group(head, table, Text("\n".join(lines)))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

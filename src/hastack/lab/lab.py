@@ -62,8 +62,13 @@ class Lab:
     def topology(self) -> Topology | None:
         if not self.state_file.exists():
             return None
-        return topology.parse(json.loads(self.state_file.read_text())["topology"],
-                              str(self.state_file))
+        try:
+            recorded = json.loads(self.state_file.read_text())["topology"]
+            return topology.parse(recorded, str(self.state_file))
+        except (HastackError, ValueError, KeyError, TypeError) as exc:
+            raise HastackError(f"the running lab's record does not fit this version of hastack "
+                               f"({' '.join(str(exc).split())}); run 'hastack down', then "
+                               "'hastack up'") from None
 
     def require_topology(self) -> Topology:
         topo = self.topology()
@@ -257,7 +262,10 @@ class Lab:
 
     def down(self) -> None:
         require_root("down")
-        topo = self.topology()
+        try:
+            topo = self.topology()
+        except HastackError:
+            topo = None  # an unreadable record: its machines are found by their cgroups
         machines = self.machines(topo) if topo else []
         known = {m.name for m in machines}
         # Leftovers of a crash whose state file is gone still have their cgroups.
