@@ -1,0 +1,160 @@
+"""Monitoring, end to end: real faults, real Prometheus and Alertmanager, and the alert
+history service as the receiver. Each test measures fault → notification received and
+prints it beside the rule's stated budget (docs/monitoring.md).
+
+Prometheus, Alertmanager and the history are read over the admin address, as an operator
+would (the firewall allows exactly that).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from hastack import siteclient
+
+from .conftest import poll, run
+
+HISTORY_PORT = 9095
+PROMETHEUS_PORT = 9090
+RESOLVED_BUDGET = 25  # scrape 5 s + evaluation 5 s + Alertmanager's group_interval 15 s
+
+
+@pytest.fixture(scope="module")
+def mon(lab):
+    names = lab.names("monitoring")
+    if not names:
+        pytest.skip("this topology has no monitoring machine")
+    machine = lab.machine(names[0])
+    return next(a for a in machine["addresses"] if a.startswith("198.19."))
+
+
+def history(mon: str, **filters: str) -> list[dict]:
+    r = httpx.get(f"http://{mon}:{HISTORY_PORT}/alerts", params=filters, timeout=5)
+    r.raise_for_status()
+    return r.json()["alerts"]
+
+
+def events_since(mon: str, alertname: str, status: str, since: float) -> list[dict]:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 1)) + "+00:00"
+    return history(mon, alertname=alertname, status=status, since=stamp)
+
+
+def wait_alert(mon: str, alertname: str, status: str, since: float, budget: float,
+               **labels: str) -> float:
+    """Seconds from `since` until the history received that notification."""
+    def received():
+        for event in events_since(mon, alertname, status, since):
+            if all(event["labels"].get(k) == v for k, v in labels.items()):
+                return event
+        return None
+    event = poll(received, budget + 45, f"{alertname} {status} {labels or ''}", interval=0.5)
+    took = time.time() - since
+    print(f"\n{alertname} {status}: received {took:.1f} s after the change "
+          f"(budget {budget:.0f} s), deliveries {event.get('deliveries')}")
+    return took
+
+
+def test_every_scrape_target_is_up(lab, mon):
+    def all_up():
+        r = httpx.get(f"http://{mon}:{PROMETHEUS_PORT}/api/v1/targets", timeout=5).json()
+        targets = r["data"]["activeTargets"]
+        down = [(t["labels"].get("job"), t["labels"].get("instance"), t.get("lastError"))
+                for t in targets if t["health"] != "up"]
+        return targets if targets and not down else None
+    targets = poll(all_up, 90, "every scrape target up")
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {"node", "haproxy", "nginx", "mysqld", "site", "blackbox_site", "blackbox_dns"} <= jobs
+    assert len([t for t in targets if t["labels"]["job"] == "node"]) == len(lab.status["machines"])
+
+
+def test_a_dead_nginx_fires_the_backend_alert_and_it_resolves(lab, mon):
+    web = lab.names("web")[0]
+    t_fault = time.time()
+    lab.ssh(web, "systemctl stop nginx")
+    try:
+        fired = wait_alert(mon, "HAProxyServerDown", "firing", t_fault, 25, server=web)
+    finally:
+        t_heal = time.time()
+        lab.ssh(web, "systemctl start nginx")
+    resolved = wait_alert(mon, "HAProxyServerDown", "resolved", t_heal, RESOLVED_BUDGET,
+                          server=web)
+    events = events_since(mon, "HAProxyServerDown", "firing", t_fault)
+    assert all(e["deliveries"] == 1 for e in events), events  # each notified exactly once
+    # within the stated budgets, with the 4 s scrape timeout and one check interval to spare
+    assert fired < 25 + 5 and resolved < RESOLVED_BUDGET + 5
+
+
+def test_a_stopped_sql_thread_fires_the_replication_alert(lab, mon):
+    replica = lab.names("db-replica")[0]
+    t_fault = time.time()
+    lab.ssh(replica, "mariadb -e 'STOP SLAVE SQL_THREAD'")
+    try:
+        wait_alert(mon, "ReplicationStopped", "firing", t_fault, 45, machine=replica)
+    finally:
+        t_heal = time.time()
+        lab.ssh(replica, "mariadb -e 'START SLAVE SQL_THREAD'")
+    wait_alert(mon, "ReplicationStopped", "resolved", t_heal, RESOLVED_BUDGET, machine=replica)
+
+
+def test_two_writable_nodes_fire_the_split_brain_alert(lab, mon):
+    replica = lab.names("db-replica")[0]
+    t_fault = time.time()
+    lab.ssh(replica, "mariadb -e 'SET GLOBAL read_only = OFF'")
+    try:
+        wait_alert(mon, "DatabaseSplitBrain", "firing", t_fault, 25)
+    finally:
+        t_heal = time.time()
+        lab.ssh(replica, "mariadb -e 'SET GLOBAL read_only = ON'")
+    wait_alert(mon, "DatabaseSplitBrain", "resolved", t_heal, RESOLVED_BUDGET)
+
+
+def _monitoring_view() -> dict:
+    return json.loads(run("status", "--json").stdout)["monitoring"]
+
+
+def test_killing_haproxy_moves_vip_a_in_status_and_leaves_no_vip_alert(lab, mon):
+    vip_a = lab.vips[0]
+    owner = _monitoring_view()["vips"][vip_a]["holders"]
+    assert owner and len(owner) == 1, owner
+    t_fault = time.time()
+    lab.ssh(owner[0], "systemctl kill -s KILL haproxy")
+    try:
+        poll(lambda: (_monitoring_view()["vips"][vip_a]["holders"] or [owner[0]])[0] != owner[0],
+             30, f"hastack status to show {vip_a} moved off {owner[0]}", interval=0.5)
+        print(f"\nVIP-A owner change seen in hastack status {time.time() - t_fault:.1f} s "
+              "after HAProxy was killed")
+    finally:
+        lab.ssh(owner[0], "systemctl start haproxy")
+    poll(lambda: _monitoring_view()["vips"][vip_a]["holders"] == owner, 60,
+         f"{vip_a} back on {owner[0]}", interval=0.5)
+
+    def no_vip_alert():
+        firing = {a["alertname"] for a in _monitoring_view()["alerts"]}
+        return not firing & {"VipHeldByNoLb", "VipHeldByTwoLbs"}
+    poll(no_vip_alert, 60, "no VIP alert firing")
+
+
+def test_a_burst_of_bans_fires_the_breach_alert(lab, mon):
+    scanners = [f"198.18.0.{n}" for n in range(240, 245)]
+    for address in scanners:
+        subprocess.run(["ip", "addr", "replace", f"{address}/32", "dev", "hs-pub"], check=True)
+    t_fault = time.time()
+    try:
+        for address in scanners:
+            with siteclient.client(lab.vips[0], lab.domain, lab.ca, local_address=address,
+                                   timeout=2) as c:
+                for i in range(40):
+                    try:
+                        c.get(f"/wp-login-{i}.php")
+                    except httpx.HTTPError:
+                        break  # banned
+        wait_alert(mon, "EdgeBanSurge", "firing", t_fault, 30)
+    finally:
+        for address in scanners:
+            run("lb", "unban", address, check=False)
+            subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "hs-pub"], check=False)
