@@ -21,7 +21,7 @@ def lab():
     except LabError as exc:
         pytest.fail(f"cannot start the MariaDB test servers: {exc}", pytrace=False)
     try:
-        with lab.primary.site(DB_NAME) as conn:
+        with lab.primary.migrator(DB_NAME) as conn:
             migrate(conn)
         lab.wait_replica_caught_up()
         yield lab

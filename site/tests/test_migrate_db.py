@@ -6,7 +6,7 @@ import pymysql
 import pytest
 
 from foobar.migrate import MIGRATIONS, Migration, MigrationError, check_order, main, migrate
-from mariadb_lab import DB_NAME
+from mariadb_lab import DB_NAME, MIGRATE_PASSWORD, MIGRATE_USER
 
 SCRATCH_DB = f"{DB_NAME}_migrations"
 LATEST = [m.version for m in MIGRATIONS]
@@ -21,7 +21,7 @@ def reset_scratch_db(lab):
 
 def test_migrations_apply_once_and_are_idempotent(lab):
     reset_scratch_db(lab)
-    with lab.primary.site(SCRATCH_DB) as conn:
+    with lab.primary.migrator(SCRATCH_DB) as conn:
         assert migrate(conn) == LATEST
         assert migrate(conn) == []
         with conn.cursor() as cur:
@@ -42,7 +42,7 @@ def test_concurrent_runs_apply_each_step_once(lab):
 
     def run():
         try:
-            with lab.primary.site(SCRATCH_DB) as conn:
+            with lab.primary.migrator(SCRATCH_DB) as conn:
                 results.append(migrate(conn))
         except (pymysql.err.Error, MigrationError) as exc:
             errors.append(exc)
@@ -59,7 +59,7 @@ def test_concurrent_runs_apply_each_step_once(lab):
 def test_later_steps_run_after_earlier_ones(lab):
     reset_scratch_db(lab)
     extra = Migration(2, "add a column", ("ALTER TABLE messages ADD COLUMN IF NOT EXISTS x INT",))
-    with lab.primary.site(SCRATCH_DB) as conn:
+    with lab.primary.migrator(SCRATCH_DB) as conn:
         assert migrate(conn, MIGRATIONS[:1]) == [1]
         assert migrate(conn, (*MIGRATIONS[:1], extra)) == [2]
         assert migrate(conn, (*MIGRATIONS[:1], extra)) == []
@@ -72,6 +72,27 @@ def test_order_is_checked():
         check_order([Migration(1, "a", ()), Migration(1, "a again", ())])
 
 
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE TABLE nope (id INT)",
+        "ALTER TABLE messages ADD COLUMN nope INT",
+        "CREATE INDEX nope ON messages (author)",
+        "DROP TABLE messages",
+    ],
+)
+def test_the_site_user_cannot_change_the_schema_on_the_primary(lab, ddl):
+    # The app runs with row rights only (as deployed), and the whole test suite with it:
+    # nothing at request time may need DDL.
+    with (
+        lab.primary.site() as conn,
+        conn.cursor() as cur,
+        pytest.raises(pymysql.err.Error) as caught,
+    ):
+        cur.execute(ddl)
+    assert caught.value.args[0] == 1142  # command denied to user
+
+
 def test_replica_site_user_cannot_migrate(lab):
     with (
         lab.replica.site(SCRATCH_DB) as conn,
@@ -82,9 +103,14 @@ def test_replica_site_user_cannot_migrate(lab):
     assert caught.value.args[0] in (1142, 1290)  # no CREATE grant / read-only
 
 
+def migrator_env(lab, **overrides) -> dict[str, str]:
+    """The app's settings with the migrations user, as the deploy runs foobar-migrate."""
+    return lab.env(FOOBAR_DB_USER=MIGRATE_USER, FOOBAR_DB_PASSWORD=MIGRATE_PASSWORD, **overrides)
+
+
 def test_cli(lab, monkeypatch, capsys):
     reset_scratch_db(lab)
-    for name, value in lab.env(FOOBAR_DB_NAME=SCRATCH_DB).items():
+    for name, value in migrator_env(lab, FOOBAR_DB_NAME=SCRATCH_DB).items():
         monkeypatch.setenv(name, value)
     assert main(["--status"]) == 0
     assert "pending" in capsys.readouterr().out
@@ -103,7 +129,7 @@ def test_cli_names_missing_config(monkeypatch, capsys):
 
 
 def test_cli_reports_unreachable_primary(monkeypatch, capsys, lab):
-    for name, value in lab.env(FOOBAR_DB_PRIMARY="127.0.0.1:1").items():
+    for name, value in migrator_env(lab, FOOBAR_DB_PRIMARY="127.0.0.1:1").items():
         monkeypatch.setenv(name, value)
     assert main([]) == 1
     assert "cannot reach primary" in capsys.readouterr().err
