@@ -15,6 +15,7 @@ LATEST = [m.version for m in MIGRATIONS]
 def reset_scratch_db(lab):
     lab.primary.sql(
         f"DROP TABLE IF EXISTS `{SCRATCH_DB}`.messages",
+        f"DROP TABLE IF EXISTS `{SCRATCH_DB}`.idempotency_keys",
         f"DROP TABLE IF EXISTS `{SCRATCH_DB}`.schema_migrations",
     )
 
@@ -29,11 +30,20 @@ def test_migrations_apply_once_and_are_idempotent(lab):
             assert [r["version"] for r in cur.fetchall()] == LATEST
             cur.execute("SHOW CREATE TABLE messages")
             ddl = cur.fetchone()["Create Table"]
+            cur.execute("SHOW CREATE TABLE idempotency_keys")
+            keys_ddl = cur.fetchone()["Create Table"]
     assert "utf8mb4" in ddl and "KEY `messages_created_at` (`created_at`)" in ddl
     assert "datetime(6) NOT NULL DEFAULT current_timestamp(6)" in ddl
+    assert "PRIMARY KEY (`idempotency_key`)" in keys_ddl
+    assert "KEY `idempotency_keys_created_at` (`created_at`)" in keys_ddl
+    assert "varchar(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL" in keys_ddl
     lab.wait_replica_caught_up()
     tables = lab.replica.sql(f"SHOW TABLES FROM `{SCRATCH_DB}`")
-    assert {next(iter(r.values())) for r in tables} == {"messages", "schema_migrations"}
+    assert {next(iter(r.values())) for r in tables} == {
+        "messages",
+        "idempotency_keys",
+        "schema_migrations",
+    }
 
 
 def test_concurrent_runs_apply_each_step_once(lab):
@@ -63,6 +73,21 @@ def test_later_steps_run_after_earlier_ones(lab):
         assert migrate(conn, MIGRATIONS[:1]) == [1]
         assert migrate(conn, (*MIGRATIONS[:1], extra)) == [2]
         assert migrate(conn, (*MIGRATIONS[:1], extra)) == []
+
+
+def test_a_database_at_step_1_gets_the_idempotency_keys_table(lab):
+    # What a deploy of this version meets: a live database migrated by the previous one.
+    reset_scratch_db(lab)
+    with lab.primary.migrator(SCRATCH_DB) as conn:
+        assert migrate(conn, MIGRATIONS[:1]) == [1]
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO messages (author, body) VALUES ('old', 'kept')")
+        assert migrate(conn) == [2]
+        with conn.cursor() as cur:
+            cur.execute("SELECT body FROM messages")
+            assert [r["body"] for r in cur.fetchall()] == ["kept"]
+            cur.execute("SELECT COUNT(*) AS n FROM idempotency_keys")
+            assert cur.fetchone()["n"] == 0
 
 
 def test_order_is_checked():
@@ -115,7 +140,7 @@ def test_cli(lab, monkeypatch, capsys):
     assert main(["--status"]) == 0
     assert "pending" in capsys.readouterr().out
     assert main([]) == 0
-    assert "applied [1]" in capsys.readouterr().out
+    assert f"applied {LATEST}" in capsys.readouterr().out
     assert main([]) == 0
     assert "up to date" in capsys.readouterr().out
     assert main(["--status"]) == 0
