@@ -10,9 +10,11 @@ helpers make each of those on the loopback interface only:
   kernel drops new SYNs and connect() itself hangs (what an absent host looks like).
 - `stopped(server)`: SIGSTOP a throwaway mariadbd by PID, SIGCONT on the way out: its open
   connections stop answering and new ones get no greeting.
-- `FaultProxy`: a TCP relay in front of a real server that can turn into a black hole
-  (every connection, open or new, goes silent) or lose the reply to one statement after the
-  server has run it (a write whose outcome the client cannot know).
+- `FaultProxy`: a TCP relay in front of a real server that can lose the reply to one
+  statement after the server has run it (a write whose outcome the client cannot know),
+  closing the connection as a server crash or a network cut would. To see statements it
+  hides the server's TLS capability in its greeting, so a client that only prefers TLS
+  (PyMySQL without ssl_ca, as the app without FOOBAR_DB_TLS_CA) talks in plain text.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class SilentListener:
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         for conn in self._held:
-            conn.close()
+            _close(conn)
 
     def __enter__(self) -> SilentListener:
         return self
@@ -145,15 +147,26 @@ def _all_threads_stopped(pid: int) -> bool:
     return True
 
 
+CLIENT_SSL = 0x0800  # capability flag in the MariaDB greeting
+
+
+def hide_tls(greeting: bytes) -> bytes:
+    """The server's first packet with its SSL capability cleared."""
+    version_end = greeting.index(b"\x00", 5)
+    # length(3) seq(1) protocol(1) version NUL, thread id(4), scramble(8), filler(1)
+    at = version_end + 1 + 4 + 8 + 1
+    flags = int.from_bytes(greeting[at:at + 2], "little") & ~CLIENT_SSL
+    return greeting[:at] + flags.to_bytes(2, "little") + greeting[at + 2:]
+
+
 class FaultProxy:
-    """Relays 127.0.0.1:port to a server, until told to fail in one of two ways."""
+    """Relays 127.0.0.1:port to a server, and loses one reply when told to."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
         self._sock = _listener(128)
         self.port = self._sock.getsockname()[1]
         self._lock = threading.Lock()
-        self._black_hole = False
         self._lose_reply_to: bytes | None = None
         self.replies_lost = 0
         self._conns: list[socket.socket] = []
@@ -162,18 +175,6 @@ class FaultProxy:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def black_hole(self) -> None:
-        """From now on nothing passes either way, on open connections and on new ones."""
-        self._black_hole = True
-
-    def restore(self) -> None:
-        """Relay again. Connections that were silenced are reset, as by a rebooted host."""
-        with self._lock:
-            conns, self._conns = self._conns, []
-            self._black_hole = False
-        for conn in conns:
-            _reset(conn)
 
     def lose_reply_to(self, statement: bytes) -> None:
         """Once: pass the next packet containing `statement` to the server, wait for its
@@ -188,10 +189,6 @@ class FaultProxy:
                 return
             with self._lock:
                 self._conns.append(client)
-                silent = self._black_hole
-            if silent:
-                threading.Thread(target=_drain, args=(client,), daemon=True).start()
-                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
             except OSError:
@@ -211,7 +208,7 @@ class FaultProxy:
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            conn.close()
+            _close(conn)
 
     def __enter__(self) -> FaultProxy:
         return self
@@ -220,10 +217,9 @@ class FaultProxy:
         self.close()
 
 
-def _reset(sock: socket.socket) -> None:
+def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
-        # SO_LINGER 0: close() sends RST instead of FIN.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.shutdown(socket.SHUT_RDWR)
     sock.close()
 
 
@@ -237,27 +233,30 @@ class _Pair:
     def client_to_server(self) -> None:
         with contextlib.suppress(OSError):
             while data := self.client.recv(65536):
-                if self.proxy._black_hole:
-                    continue
                 wanted = self.proxy._lose_reply_to
                 if wanted is not None and wanted in data:
                     self.proxy._lose_reply_to = None
                     self.swallow_reply.set()
                 self.upstream.sendall(data)
+        _close(self.upstream)  # the client hung up: so does the proxy, towards the server
 
     def server_to_client(self) -> None:
         with contextlib.suppress(OSError):
+            greeting = self.upstream.recv(65536)
+            if not greeting:
+                return
+            self.client.sendall(hide_tls(greeting))
             while data := self.upstream.recv(65536):
-                if self.proxy._black_hole:
-                    continue
                 if self.swallow_reply.is_set():
                     # The server has answered (it ran the statement); the client never
-                    # hears it: its connection just closes.
+                    # hears it: both connections just close (shutdown also wakes the
+                    # other direction's thread, so the FINs go out now).
                     self.proxy.replies_lost += 1
-                    self.client.close()
-                    self.upstream.close()
+                    _close(self.client)
+                    _close(self.upstream)
                     return
                 self.client.sendall(data)
+        _close(self.client)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):

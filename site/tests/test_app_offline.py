@@ -166,3 +166,19 @@ def test_metrics_are_exposed(offline_client):
         "foobar_db_multiple_writable_total",
     ):
         assert f"# HELP {name.removesuffix('_total')}" in text
+
+
+@pytest.mark.parametrize("key", ["", "x" * 129, "tab\there", "caf\u00e9", "del\x7f"])
+def test_a_bad_idempotency_key_is_400_before_any_database_work(offline_client, key):
+    response = offline_client.post(
+        "/messages", json={"author": "a", "body": "b"}, headers={"Idempotency-Key": key}
+    )
+    assert response.status_code == 400
+    assert "Idempotency-Key must be 1 to 128 printable ASCII characters" in (
+        response.get_json()["message"]
+    )
+    assert "X-DB" not in response.headers
+    form = offline_client.post(
+        "/messages", data={"author": "a", "body": "b", "idempotency_key": key}
+    )
+    assert (form.status_code, form.mimetype) == (400, "text/html")

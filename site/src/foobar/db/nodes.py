@@ -84,7 +84,7 @@ class NodeUnavailable(Exception):
     failed before any of it was sent (connect refused or timed out, or the BEGIN of a
     transaction failed), or the server refused it because it is read-only (error 1290).
     Otherwise (e.g. the connection was lost after an INSERT was sent) it may have
-    committed, and a write must not be repeated.
+    committed, and a write must not be repeated unless it is idempotent.
 
     unreachable is True when the node looks dead rather than merely unlucky: no connection
     could be made, or the server did not answer within a timeout. (A connection reset or a
@@ -163,8 +163,19 @@ def parse_address(text: str) -> NodeAddress:
 # quickly: their connect, handshake, read and write each get this long.
 CHECK_TIMEOUT = 0.5
 
-# Per session: store and read DATETIMEs in UTC whatever the server's zone is.
-SESSION_INIT = "SET time_zone = '+00:00'"
+# Per session, for the app's connections:
+# - time_zone: store and read DATETIMEs in UTC whatever the server's zone is;
+# - innodb_lock_wait_timeout: the only row lock a request may wait for is an idempotency
+#   key that a concurrent request with the same key holds for a few milliseconds; give
+#   up after 1 s with error 1205 (well inside the 2 s read timeout, so a lock wait is never
+#   mistaken for a dead server);
+# - idle_transaction_timeout: the app sends a transaction's statements back to back; a
+#   transaction idle for 10 s belongs to an app process that died mid-request, and the
+#   server drops it (releasing its key) instead of holding it until the TCP connection
+#   times out hours later.
+SESSION_INIT = (
+    "SET time_zone = '+00:00', innodb_lock_wait_timeout = 1, idle_transaction_timeout = 10"
+)
 
 
 @dataclass(frozen=True)

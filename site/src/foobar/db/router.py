@@ -15,10 +15,11 @@ write in time. While the primary is gone, replicas whose IO thread lost it keep 
 reads: nothing newer can be written anywhere meanwhile.
 
 Work on the primary is retried, on whatever node is the primary by then, for up to
-`write_retry_seconds`: a read after any failure (reads can be repeated), a write only when
-it certainly did not take effect: refused with error 1290 (read-only) or failed before
-anything was sent. A write that failed in any other way may have committed and is never
-repeated: the caller gets the error (a 503).
+`write_retry_seconds`: a read after any failure (reads can be repeated); a write when it
+certainly did not take effect (refused with error 1290, read-only, or failed before
+anything was sent), or after any failure if the caller says it is idempotent (it carries a
+key that makes a second run return the first one's result; foobar.messages). Any other
+write that failed may have committed and is not repeated: the caller gets the error (503).
 
 A node that times out or cannot be connected to is marked down in the health cache at once,
 so the requests after the one that found out skip it instead of each paying the timeout.
@@ -283,9 +284,17 @@ class Router:
 
     # -- writes ----------------------------------------------------------------------
 
-    def write(self, work: Callable[[Any], T]) -> Written[T]:
-        """Run work(cursor) in a transaction on the primary and note the GTID it committed."""
-        value, node = self._on_primary(work, self.view(), transaction=True)
+    def write(self, work: Callable[[Any], T], *, idempotent: bool = False) -> Written[T]:
+        """Run work(cursor) in a transaction on the primary and note the GTID it committed.
+
+        idempotent: running the work twice has the effect of running it once (it records
+        a key in the same transaction and returns the first run's result when the key is
+        there already), so it may be repeated after any failure, including one that left
+        its outcome unknown (connection lost after the COMMIT was sent).
+        """
+        value, node = self._on_primary(
+            work, self.view(), transaction=True, idempotent=idempotent
+        )
         self.events.query(PRIMARY, "write")
         try:
             # Same connection, right after COMMIT: the GTID of exactly this transaction.
@@ -311,6 +320,7 @@ class Router:
         view: RoleView,
         *,
         transaction: bool,
+        idempotent: bool = False,
     ) -> tuple[T, Node]:
         """Run work on the primary of the moment, retrying what is safe to retry.
 
@@ -336,9 +346,9 @@ class Router:
                     return node.run(work, transaction=transaction), node
                 except NodeUnavailable as exc:
                     self._failed(node, exc)
-                    # A read can always be repeated; a write only if it certainly did not
-                    # take effect (refused as read-only, or never sent).
-                    if transaction and not exc.not_applied:
+                    # A read can always be repeated; a write if it certainly did not take
+                    # effect (refused as read-only, or never sent), or if it is idempotent.
+                    if transaction and not (exc.not_applied or idempotent):
                         raise
                     error = exc
                     reason = "read_only" if exc.read_only else "unavailable"
