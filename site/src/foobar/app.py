@@ -14,6 +14,7 @@ from foobar.db.gtid import GtidCookie
 from foobar.db.nodes import Node
 from foobar.db.router import Router
 from foobar.messages import KeyPurger
+from foobar.version import running_version
 
 MAX_REQUEST_BYTES = 16 * 1024
 
@@ -46,7 +47,11 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.config.update(SECRET_KEY=config.secret_key, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
     router = build_router(config)
     app.extensions["foobar"] = Site(
-        config, router, GtidCookie(config.secret_key), KeyPurger(router)
+        config,
+        router,
+        GtidCookie(config.secret_key),
+        KeyPurger(router),
+        running_version(config.build),
     )
 
     app.register_blueprint(views.bp)

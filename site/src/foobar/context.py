@@ -14,13 +14,14 @@ from foobar.messages import KeyPurger
 
 @dataclass
 class Site:
-    """What the views need besides the request: settings, router, cookie signer and the
-    deleter of old idempotency keys."""
+    """What the views need besides the request: settings, router, cookie signer, the
+    deleter of old idempotency keys and the running code's version."""
 
     config: Config
     router: Router
     gtid_cookie: GtidCookie
     key_purger: KeyPurger
+    version: str
 
 
 def current_site() -> Site:
