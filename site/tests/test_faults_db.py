@@ -104,11 +104,10 @@ def test_primary_black_hole_reads_carry_on_and_writes_fail_fast(make_app, lab):
         # Phase 1: the replica has not noticed yet (its IO thread still says Yes).
         reads, writes = watch(WATCH)
         report("primary SIGSTOPped, replica unaware", reads, writes)
-        # The write that found the primary silent waited for its read timeout (2 s); no
-        # other request waited on it, and every other write was refused within a second.
-        stuck = [t for t in reads + writes if t > STUCK]
-        assert len(stuck) <= 1 and all(t < 2.5 for t in stuck), stuck
-        assert max(writes[1:]) < 1.0
+        # The write that found the primary silent waited for the answer to its BEGIN
+        # (0.5 s: a live server answers at once); the writes after it did not even try.
+        # Every write was refused within a second, and reads never noticed.
+        assert max(writes) < 1.0
         assert max(reads) < STUCK and p99(reads) < NORMAL_P99
 
         # Phase 2: the replica's IO thread reconnects and hangs ("Connecting"), as it does

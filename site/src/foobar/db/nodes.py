@@ -16,7 +16,9 @@ sending work to it at once instead of letting every request wait out the same ti
 A machine that is switched off sends nothing back: connects and reads hang until their
 timeouts. Every wait is therefore bounded: the TCP connect *and* the MariaDB handshake
 (greeting, TLS, authentication) by `connect_timeout`, each read or write by
-`read_timeout` / `write_timeout`.
+`read_timeout` / `write_timeout`, and the answers a live server gives at once (the ping
+of a connection kept idle, a transaction's BEGIN) by QUICK_ANSWER_TIMEOUT: that is where a
+kept connection to a server that went silent is found out, before any work was sent.
 """
 
 from __future__ import annotations
@@ -162,6 +164,8 @@ def parse_address(text: str) -> NodeAddress:
 # Health checks (foobar.db.health) run in the background and must notice a silent node
 # quickly: their connect, handshake, read and write each get this long.
 CHECK_TIMEOUT = 0.5
+# A ping or a BEGIN costs a live server nothing: no answer within this means it is silent.
+QUICK_ANSWER_TIMEOUT = CHECK_TIMEOUT
 
 # Per session, for the app's connections:
 # - time_zone: store and read DATETIMEs in UTC whatever the server's zone is;
@@ -239,6 +243,20 @@ def connect(address: NodeAddress, settings: ConnectSettings) -> pymysql.connecti
     return conn
 
 
+@contextlib.contextmanager
+def _quick(conn: pymysql.connections.Connection):
+    """Read the next answer with QUICK_ANSWER_TIMEOUT (if shorter than the read timeout)."""
+    usual = conn._read_timeout  # PyMySQL re-applies it to the socket before each read
+    if usual is not None and usual <= QUICK_ANSWER_TIMEOUT:
+        yield
+        return
+    conn._read_timeout = QUICK_ANSWER_TIMEOUT
+    try:
+        yield
+    finally:
+        conn._read_timeout = usual
+
+
 class Node:
     """A server plus this process's per-thread connections to it (no role: see the router)."""
 
@@ -269,7 +287,8 @@ class Node:
         conn = getattr(self._local, "conn", None)
         if conn is not None and time.monotonic() - self._local.used_at > self.ping_after_idle:
             try:
-                conn.ping(reconnect=False)
+                with _quick(conn):
+                    conn.ping(reconnect=False)
             except (pymysql.err.Error, OSError) as exc:
                 self.discard()
                 if is_timeout(exc):
@@ -298,7 +317,8 @@ class Node:
                     work_sent = True
                     return work(cursor)
                 # A BEGIN that fails leaves nothing behind: the work is not sent yet.
-                conn.begin()
+                with _quick(conn):
+                    conn.begin()
                 work_sent = True
                 try:
                     result = work(cursor)
