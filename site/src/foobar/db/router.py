@@ -165,7 +165,8 @@ class Router:
     # -- roles -----------------------------------------------------------------------
 
     def view(self, *, newer_than: float | None = None, wait: float | None = None) -> RoleView:
-        """Current roles (cached ~1 s); newer_than: from a round started after that moment."""
+        """Current roles (at most ~1 s old); newer_than: from answers asked for after that
+        moment (nodes known to be down excepted), waiting up to `wait` seconds for them."""
         snap = self.health.get(self.nodes, newer_than=newer_than, wait=wait)
         view = self._view
         if view is not None and view.snapshot is snap:
