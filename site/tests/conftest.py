@@ -21,7 +21,7 @@ def lab():
     except LabError as exc:
         pytest.fail(f"cannot start the MariaDB test servers: {exc}", pytrace=False)
     try:
-        with lab.primary.site(DB_NAME) as conn:
+        with lab.primary.migrator(DB_NAME) as conn:
             migrate(conn)
         lab.wait_replica_caught_up()
         yield lab
@@ -31,7 +31,11 @@ def lab():
 
 @pytest.fixture
 def make_app(lab):
-    """create_app against the lab; keyword args override Config fields."""
+    """create_app against the lab; keyword args override Config fields.
+
+    Each app's background health checkers stop at the end of the test.
+    """
+    apps = []
 
     def make(machine: str = "app1", env: dict | None = None, **fields):
         config = Config.from_env(lab.env(machine, **(env or {})))
@@ -39,9 +43,12 @@ def make_app(lab):
             config = dataclasses.replace(config, **fields)
         app = create_app(config)
         app.testing = True
+        apps.append(app)
         return app
 
-    return make
+    yield make
+    for app in apps:
+        app.extensions["foobar"].router.close()
 
 
 @pytest.fixture
@@ -76,4 +83,5 @@ def offline_env(**overrides: str) -> dict[str, str]:
 def offline_client():
     app = create_app(offline_env())
     app.testing = True
-    return app.test_client()
+    yield app.test_client()
+    app.extensions["foobar"].router.close()

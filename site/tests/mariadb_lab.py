@@ -25,11 +25,15 @@ import pymysql.cursors
 DB_NAME = "foobar"
 SITE_USER = "foobar_site"
 SITE_PASSWORD = "site-pw-for-tests"
+MIGRATE_USER = "foobar_migrate"
+MIGRATE_PASSWORD = "migrate-pw-for-tests"
 REPL_USER = "foobar_repl"
 REPL_PASSWORD = "repl-pw-for-tests"
 
+# As deployed: the site serves requests with row rights only, so nothing at request time
+# can need DDL; foobar-migrate runs as a user of its own that may also change the schema.
 SITE_GRANTS = "SELECT, INSERT, UPDATE, DELETE"
-MIGRATION_GRANTS = "CREATE, ALTER, INDEX"
+MIGRATION_GRANTS = "CREATE, ALTER, INDEX, DROP"
 
 
 class LabError(Exception):
@@ -189,11 +193,18 @@ class Server:
 
     def site(self, database: str = DB_NAME) -> pymysql.connections.Connection:
         """A TCP connection as the site user, the way the app connects."""
+        return self._tcp(SITE_USER, SITE_PASSWORD, database)
+
+    def migrator(self, database: str = DB_NAME) -> pymysql.connections.Connection:
+        """A TCP connection as the migrations user, the way foobar-migrate connects."""
+        return self._tcp(MIGRATE_USER, MIGRATE_PASSWORD, database)
+
+    def _tcp(self, user: str, password: str, database: str) -> pymysql.connections.Connection:
         return pymysql.connect(
             host="127.0.0.1",
             port=self.port,
-            user=SITE_USER,
-            password=SITE_PASSWORD,
+            user=user,
+            password=password,
             database=database,
             autocommit=True,
             connect_timeout=2,
@@ -312,6 +323,7 @@ class Lab:
 
     def _set_up(self) -> None:
         site = f"'{SITE_USER}'@'127.0.0.1'"
+        migrator = f"'{MIGRATE_USER}'@'127.0.0.1'"
         # Accounts are made on each server, outside the binlog, so the replica's site user
         # can have fewer rights than the primary's (no DDL there). Both servers get the
         # replication account, since either may be the primary after a switchover.
@@ -326,9 +338,12 @@ class Lab:
             "SET SESSION sql_log_bin = 0",
             *repl,
             f"CREATE USER {site} IDENTIFIED BY '{SITE_PASSWORD}'",
-            f"GRANT {SITE_GRANTS}, {MIGRATION_GRANTS} ON `{DB_NAME}`.* TO {site}",
-            f"GRANT {SITE_GRANTS}, {MIGRATION_GRANTS} ON `{DB_NAME}_migrations`.* TO {site}",
+            f"GRANT {SITE_GRANTS} ON `{DB_NAME}`.* TO {site}",
+            f"GRANT {SITE_GRANTS} ON `{DB_NAME}_migrations`.* TO {site}",
             monitor,
+            f"CREATE USER {migrator} IDENTIFIED BY '{MIGRATE_PASSWORD}'",
+            f"GRANT {SITE_GRANTS}, {MIGRATION_GRANTS} ON `{DB_NAME}`.* TO {migrator}",
+            f"GRANT {SITE_GRANTS}, {MIGRATION_GRANTS} ON `{DB_NAME}_migrations`.* TO {migrator}",
         )
         self.replica.sql(
             "SET SESSION sql_log_bin = 0",

@@ -10,6 +10,9 @@ import time
 
 import pytest
 
+from conftest import offline_env
+from foobar.app import create_app
+
 
 def test_healthz_is_ok_without_a_database(offline_client):
     response = offline_client.get("/healthz")
@@ -44,12 +47,19 @@ def test_database_down_is_a_503_not_a_500(offline_client):
     assert post.headers["Retry-After"] == "1"
 
 
-def test_write_waits_for_a_writable_node_only_as_long_as_the_budget(offline_client):
+def test_write_fails_at_once_when_no_node_answers():
+    # The retry budget is for a switchover's read-only moment (every node answers, none is
+    # writable). With no node answering there is no primary to wait for: a failover takes
+    # longer than any budget, so the write is refused within a second, not after 5 s.
+    app = create_app(offline_env(FOOBAR_WRITE_RETRY_SECONDS="5"))
+    app.testing = True
+    client = app.test_client()
     started = time.monotonic()
-    post = offline_client.post("/messages", json={"author": "a", "body": "b"})
+    post = client.post("/messages", json={"author": "a", "body": "b"})
     elapsed = time.monotonic() - started
     assert post.status_code == 503
-    assert 0.2 <= elapsed < 2.0  # FOOBAR_WRITE_RETRY_SECONDS=0.2 in offline_env
+    assert post.headers["Retry-After"] == "1"
+    assert elapsed < 1.0
 
 
 @pytest.mark.parametrize(
@@ -156,3 +166,19 @@ def test_metrics_are_exposed(offline_client):
         "foobar_db_multiple_writable_total",
     ):
         assert f"# HELP {name.removesuffix('_total')}" in text
+
+
+@pytest.mark.parametrize("key", ["", "x" * 129, "tab\there", "caf\u00e9", "del\x7f"])
+def test_a_bad_idempotency_key_is_400_before_any_database_work(offline_client, key):
+    response = offline_client.post(
+        "/messages", json={"author": "a", "body": "b"}, headers={"Idempotency-Key": key}
+    )
+    assert response.status_code == 400
+    assert "Idempotency-Key must be 1 to 128 printable ASCII characters" in (
+        response.get_json()["message"]
+    )
+    assert "X-DB" not in response.headers
+    form = offline_client.post(
+        "/messages", data={"author": "a", "body": "b", "idempotency_key": key}
+    )
+    assert (form.status_code, form.mimetype) == (400, "text/html")

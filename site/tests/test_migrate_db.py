@@ -6,7 +6,7 @@ import pymysql
 import pytest
 
 from foobar.migrate import MIGRATIONS, Migration, MigrationError, check_order, main, migrate
-from mariadb_lab import DB_NAME
+from mariadb_lab import DB_NAME, MIGRATE_PASSWORD, MIGRATE_USER
 
 SCRATCH_DB = f"{DB_NAME}_migrations"
 LATEST = [m.version for m in MIGRATIONS]
@@ -15,13 +15,14 @@ LATEST = [m.version for m in MIGRATIONS]
 def reset_scratch_db(lab):
     lab.primary.sql(
         f"DROP TABLE IF EXISTS `{SCRATCH_DB}`.messages",
+        f"DROP TABLE IF EXISTS `{SCRATCH_DB}`.idempotency_keys",
         f"DROP TABLE IF EXISTS `{SCRATCH_DB}`.schema_migrations",
     )
 
 
 def test_migrations_apply_once_and_are_idempotent(lab):
     reset_scratch_db(lab)
-    with lab.primary.site(SCRATCH_DB) as conn:
+    with lab.primary.migrator(SCRATCH_DB) as conn:
         assert migrate(conn) == LATEST
         assert migrate(conn) == []
         with conn.cursor() as cur:
@@ -29,11 +30,20 @@ def test_migrations_apply_once_and_are_idempotent(lab):
             assert [r["version"] for r in cur.fetchall()] == LATEST
             cur.execute("SHOW CREATE TABLE messages")
             ddl = cur.fetchone()["Create Table"]
+            cur.execute("SHOW CREATE TABLE idempotency_keys")
+            keys_ddl = cur.fetchone()["Create Table"]
     assert "utf8mb4" in ddl and "KEY `messages_created_at` (`created_at`)" in ddl
     assert "datetime(6) NOT NULL DEFAULT current_timestamp(6)" in ddl
+    assert "PRIMARY KEY (`idempotency_key`)" in keys_ddl
+    assert "KEY `idempotency_keys_created_at` (`created_at`)" in keys_ddl
+    assert "varchar(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL" in keys_ddl
     lab.wait_replica_caught_up()
     tables = lab.replica.sql(f"SHOW TABLES FROM `{SCRATCH_DB}`")
-    assert {next(iter(r.values())) for r in tables} == {"messages", "schema_migrations"}
+    assert {next(iter(r.values())) for r in tables} == {
+        "messages",
+        "idempotency_keys",
+        "schema_migrations",
+    }
 
 
 def test_concurrent_runs_apply_each_step_once(lab):
@@ -42,7 +52,7 @@ def test_concurrent_runs_apply_each_step_once(lab):
 
     def run():
         try:
-            with lab.primary.site(SCRATCH_DB) as conn:
+            with lab.primary.migrator(SCRATCH_DB) as conn:
                 results.append(migrate(conn))
         except (pymysql.err.Error, MigrationError) as exc:
             errors.append(exc)
@@ -59,10 +69,25 @@ def test_concurrent_runs_apply_each_step_once(lab):
 def test_later_steps_run_after_earlier_ones(lab):
     reset_scratch_db(lab)
     extra = Migration(2, "add a column", ("ALTER TABLE messages ADD COLUMN IF NOT EXISTS x INT",))
-    with lab.primary.site(SCRATCH_DB) as conn:
+    with lab.primary.migrator(SCRATCH_DB) as conn:
         assert migrate(conn, MIGRATIONS[:1]) == [1]
         assert migrate(conn, (*MIGRATIONS[:1], extra)) == [2]
         assert migrate(conn, (*MIGRATIONS[:1], extra)) == []
+
+
+def test_a_database_at_step_1_gets_the_idempotency_keys_table(lab):
+    # What a deploy of this version meets: a live database migrated by the previous one.
+    reset_scratch_db(lab)
+    with lab.primary.migrator(SCRATCH_DB) as conn:
+        assert migrate(conn, MIGRATIONS[:1]) == [1]
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO messages (author, body) VALUES ('old', 'kept')")
+        assert migrate(conn) == [2]
+        with conn.cursor() as cur:
+            cur.execute("SELECT body FROM messages")
+            assert [r["body"] for r in cur.fetchall()] == ["kept"]
+            cur.execute("SELECT COUNT(*) AS n FROM idempotency_keys")
+            assert cur.fetchone()["n"] == 0
 
 
 def test_order_is_checked():
@@ -70,6 +95,27 @@ def test_order_is_checked():
         check_order([Migration(2, "b", ()), Migration(1, "a", ())])
     with pytest.raises(MigrationError):
         check_order([Migration(1, "a", ()), Migration(1, "a again", ())])
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE TABLE nope (id INT)",
+        "ALTER TABLE messages ADD COLUMN nope INT",
+        "CREATE INDEX nope ON messages (author)",
+        "DROP TABLE messages",
+    ],
+)
+def test_the_site_user_cannot_change_the_schema_on_the_primary(lab, ddl):
+    # The app runs with row rights only (as deployed), and the whole test suite with it:
+    # nothing at request time may need DDL.
+    with (
+        lab.primary.site() as conn,
+        conn.cursor() as cur,
+        pytest.raises(pymysql.err.Error) as caught,
+    ):
+        cur.execute(ddl)
+    assert caught.value.args[0] == 1142  # command denied to user
 
 
 def test_replica_site_user_cannot_migrate(lab):
@@ -82,14 +128,19 @@ def test_replica_site_user_cannot_migrate(lab):
     assert caught.value.args[0] in (1142, 1290)  # no CREATE grant / read-only
 
 
+def migrator_env(lab, **overrides) -> dict[str, str]:
+    """The app's settings with the migrations user, as the deploy runs foobar-migrate."""
+    return lab.env(FOOBAR_DB_USER=MIGRATE_USER, FOOBAR_DB_PASSWORD=MIGRATE_PASSWORD, **overrides)
+
+
 def test_cli(lab, monkeypatch, capsys):
     reset_scratch_db(lab)
-    for name, value in lab.env(FOOBAR_DB_NAME=SCRATCH_DB).items():
+    for name, value in migrator_env(lab, FOOBAR_DB_NAME=SCRATCH_DB).items():
         monkeypatch.setenv(name, value)
     assert main(["--status"]) == 0
     assert "pending" in capsys.readouterr().out
     assert main([]) == 0
-    assert "applied [1]" in capsys.readouterr().out
+    assert f"applied {LATEST}" in capsys.readouterr().out
     assert main([]) == 0
     assert "up to date" in capsys.readouterr().out
     assert main(["--status"]) == 0
@@ -103,7 +154,7 @@ def test_cli_names_missing_config(monkeypatch, capsys):
 
 
 def test_cli_reports_unreachable_primary(monkeypatch, capsys, lab):
-    for name, value in lab.env(FOOBAR_DB_PRIMARY="127.0.0.1:1").items():
+    for name, value in migrator_env(lab, FOOBAR_DB_PRIMARY="127.0.0.1:1").items():
         monkeypatch.setenv(name, value)
     assert main([]) == 1
     assert "cannot reach primary" in capsys.readouterr().err

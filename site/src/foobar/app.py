@@ -13,6 +13,8 @@ from foobar.context import Site
 from foobar.db.gtid import GtidCookie
 from foobar.db.nodes import Node
 from foobar.db.router import Router
+from foobar.messages import KeyPurger
+from foobar.version import running_version
 
 MAX_REQUEST_BYTES = 16 * 1024
 
@@ -43,7 +45,14 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         config = Config.from_env(config)
     app = Flask(__name__)
     app.config.update(SECRET_KEY=config.secret_key, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
-    app.extensions["foobar"] = Site(config, build_router(config), GtidCookie(config.secret_key))
+    router = build_router(config)
+    app.extensions["foobar"] = Site(
+        config,
+        router,
+        GtidCookie(config.secret_key),
+        KeyPurger(router),
+        running_version(config.build),
+    )
 
     app.register_blueprint(views.bp)
     app.register_blueprint(ops.bp)

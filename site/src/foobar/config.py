@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from foobar.db.nodes import ConnectSettings, NodeAddress, parse_address
+from foobar.version import BUILD_ID
 
 
 class ConfigError(Exception):
@@ -44,6 +45,8 @@ class Config:
     write_retry_seconds: float = 5.0
     # Not an env var: how long the nodes' role/health answers are reused (tests stretch it).
     replica_check_interval: float = 1.0
+    # What /healthz reports after the package version; None = a hash of the code.
+    build: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -58,6 +61,7 @@ class Config:
             write_retry_seconds=_seconds(
                 env, "FOOBAR_WRITE_RETRY_SECONDS", 5.0, maximum=WRITE_RETRY_MAX
             ),
+            build=_build(env),
         )
 
 
@@ -83,6 +87,17 @@ def database_from_env(env: Mapping[str, str] | None = None) -> DatabaseConfig:
         password=env["FOOBAR_DB_PASSWORD"],
         tls_ca=tls_ca,
     )
+
+
+def _build(env: Mapping[str, str]) -> str | None:
+    text = env.get("FOOBAR_BUILD", "").strip()
+    if not text:
+        return None
+    if not BUILD_ID.fullmatch(text):
+        raise ConfigError(
+            f"FOOBAR_BUILD must be 1-64 letters, digits, '.', '_' or '-', got {text!r}"
+        )
+    return text
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

@@ -9,15 +9,19 @@ from flask import current_app, g
 from foobar.config import Config
 from foobar.db.gtid import GtidCookie
 from foobar.db.router import Routed, Router
+from foobar.messages import KeyPurger
 
 
 @dataclass
 class Site:
-    """What the views need besides the request: settings, router and cookie signer."""
+    """What the views need besides the request: settings, router, cookie signer, the
+    deleter of old idempotency keys and the running code's version."""
 
     config: Config
     router: Router
     gtid_cookie: GtidCookie
+    key_purger: KeyPurger
+    version: str
 
 
 def current_site() -> Site:

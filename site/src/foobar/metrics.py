@@ -62,8 +62,13 @@ PRIMARY_RETRIES = Counter(
 )
 MULTIPLE_WRITABLE = Counter(
     "foobar_db_multiple_writable_total",
-    "Rounds of node checks that found more than one writable node (split brain); "
-    "should stay 0.",
+    "Node checks that found more than one writable node (split brain), counted at most "
+    "once a second while it lasts; should stay 0.",
+)
+STALE_READS = Counter(
+    "foobar_db_stale_reads_total",
+    "Reads served by a replica whose replication lost its primary, because no primary "
+    "was reachable (the data is as new as any there is, but nothing can be written).",
 )
 
 
@@ -84,6 +89,9 @@ class PrometheusEvents(RouterEvents):
 
     def multiple_writable(self, nodes) -> None:
         MULTIPLE_WRITABLE.inc()
+
+    def stale_read(self) -> None:
+        STALE_READS.inc()
 
 
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:

@@ -44,6 +44,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # One row per write, inserted in the write's own transaction (foobar.messages): the
+    # primary key is what makes a replayed request return the first one's result instead
+    # of inserting again. request_hash tells a replay from a different request reusing the
+    # key; the response is rebuilt from message_id (messages never change). Rows older
+    # than a day are deleted in small batches along created_at (messages.KeyPurger).
+    Migration(
+        2,
+        "create idempotency_keys",
+        (
+            """
+            CREATE TABLE IF NOT EXISTS idempotency_keys (
+                idempotency_key VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+                request_hash BINARY(32) NOT NULL,
+                message_id BIGINT NULL,
+                created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+                PRIMARY KEY (idempotency_key),
+                INDEX idempotency_keys_created_at (created_at)
+            ) ENGINE=InnoDB
+            """,
+        ),
+    ),
 )
 
 _BOOKKEEPING = """

@@ -1,7 +1,9 @@
 """Endpoints for machines rather than people: liveness, readiness and metrics.
 
 /healthz never touches the database, so a database outage does not get healthy app
-processes restarted. /readyz says whether this app can serve at all: true while any
+processes restarted. It answers `ok` (plain text, as HAProxy and the deploy expect) with
+the running code's version in `X-Version` (or, to a client asking for JSON,
+{"status", "version", "machine"}), so a rolling deploy can wait for the new code. /readyz says whether this app can serve at all: true while any
 database node answers, since reads fall back and the board stays readable. Per node it
 shows the role the server reports right now (from its @@read_only), the role configured
 for it (only a hint), and how the router currently uses it.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from foobar import metrics
 from foobar.context import current_site
@@ -24,7 +26,15 @@ PROBE_TIMEOUT = 1.0
 
 @bp.get("/healthz")
 def healthz():
-    return Response("ok\n", mimetype="text/plain")
+    site = current_site()
+    accept = request.accept_mimetypes
+    if accept.best_match(["text/plain", "application/json"]) == "application/json":
+        response = jsonify(status="ok", version=site.version, machine=site.config.machine)
+    else:
+        response = Response("ok\n", mimetype="text/plain")
+    response.headers["X-Version"] = site.version
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _probe(node: Node) -> dict:

@@ -1,8 +1,21 @@
-"""The board itself: the HTML page, posting a message and the JSON API."""
+"""The board itself: the HTML page, posting a message and the JSON API.
+
+Every post carries an idempotency key, so that a post sent twice is stored once:
+- JSON: the client's `Idempotency-Key` header (1-128 printable ASCII characters, else
+  400). A replay with the same key and the same message gets the first response again
+  (201, same body and Location, plus `Idempotent-Replayed: true`); the same key with a
+  different message is a 422. Without the header the post gets a key of its own, which
+  covers the app's own retry after a lost connection but not a client resending it.
+- HTML form: a hidden key made when the form is rendered, so a double click, a browser
+  resubmission or a proxy replaying the POST carries the same key (the header, if sent,
+  must agree with it). A form of the previous version has none and gets a key of its own.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 
 from flask import Blueprint, abort, jsonify, redirect, render_template, request
 
@@ -23,9 +36,19 @@ bp = Blueprint("board", __name__)
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _BIGINT_MAX = 2**63 - 1
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+FORM_KEY_FIELD = "idempotency_key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+_KEY = re.compile(r"[\x20-\x7e]{1,128}")
+_KEY_RULE = f"{IDEMPOTENCY_HEADER} must be 1 to 128 printable ASCII characters"
+
 
 def _client_gtid() -> str | None:
     return current_site().gtid_cookie.loads(request.cookies.get(gtid.COOKIE_NAME))
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(24)
 
 
 def _render_board(status: int = 200, errors: dict | None = None, form: dict | None = None):
@@ -39,6 +62,8 @@ def _render_board(status: int = 200, errors: dict | None = None, form: dict | No
         machine=current_site().config.machine,
         author_max=AUTHOR_MAX,
         body_max=BODY_MAX,
+        # Made now, sent back with the form: a resubmission of this form is the same post.
+        idempotency_key=new_key(),
     )
     return html, status
 
@@ -51,26 +76,62 @@ def index():
 @bp.post("/messages")
 def post_message():
     if request.is_json:
+        key = _idempotency_key()
         data = _json_object()
         try:
             new = validate_message(data)
         except ValidationError as exc:
             return _invalid(exc)
-        written = _store(new)
-        response = jsonify(written.value.to_json())
+        try:
+            written = _store(new, key)
+        except messages.KeyReused as exc:
+            return _key_reused(exc)
+        response = jsonify(written.value.message.to_json())
         response.status_code = 201
-        response.headers["Location"] = f"/api/messages/{written.value.id}"
+        response.headers["Location"] = f"/api/messages/{written.value.message.id}"
     elif request.mimetype in _FORM_TYPES:
+        key = _idempotency_key(request.form.get(FORM_KEY_FIELD))
         form = {"author": request.form.get("author", ""), "body": request.form.get("body", "")}
         try:
             new = validate_message(form)
         except ValidationError as exc:
             return _render_board(422, exc.errors, form)
-        written = _store(new)
+        try:
+            written = _store(new, key)
+        except messages.KeyReused:
+            problem = {"form": "was posted before with other text; post it again to add it"}
+            return _render_board(422, problem, form)
         response = redirect("/", code=303)
     else:
         abort(415, "send application/json or an HTML form")
+    if written.value.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     _remember_write(response, written.gtid)
+    current_site().key_purger.maybe_purge()
+    return response
+
+
+def _idempotency_key(form_key: str | None = None) -> str:
+    """The post's key: the header, else the form's hidden key, else a new one."""
+    header = request.headers.get(IDEMPOTENCY_HEADER)
+    for value in (header, form_key):
+        if value is not None and not _KEY.fullmatch(value):
+            abort(400, _KEY_RULE)
+    if header is not None and form_key is not None and header != form_key:
+        abort(400, f"{IDEMPOTENCY_HEADER} and the form's {FORM_KEY_FIELD} differ")
+    return header or form_key or new_key()
+
+
+def _key_reused(exc: messages.KeyReused):
+    response = jsonify(
+        {
+            "error": "idempotency key reused",
+            "field": IDEMPOTENCY_HEADER,
+            "message": f"{IDEMPOTENCY_HEADER} was used before for a different message",
+            "errors": {IDEMPOTENCY_HEADER: "was used before for a different message"},
+        }
+    )
+    response.status_code = 422
     return response
 
 
@@ -93,8 +154,8 @@ def _invalid(exc: ValidationError):
     return response
 
 
-def _store(new):
-    written = messages.create(current_site().router, new)
+def _store(new, key: str):
+    written = messages.create(current_site().router, new, key)
     answered_by(written)
     return written
 

@@ -9,12 +9,22 @@ worker never shares a socket between threads and needs no pool. Every connection
 drops the cached connection and surfaces as NodeUnavailable, which is what lets the router
 fall back to another node instead of failing the request. NodeUnavailable also says
 whether the work certainly did not take effect (`not_applied`), which is what makes a
-write safe to retry elsewhere.
+write safe to retry elsewhere, and whether the node looks dead (`unreachable`: it could not
+be connected to, or stopped answering until a timeout), which is what lets the router stop
+sending work to it at once instead of letting every request wait out the same timeout.
+
+A machine that is switched off sends nothing back: connects and reads hang until their
+timeouts. Every wait is therefore bounded: the TCP connect *and* the MariaDB handshake
+(greeting, TLS, authentication) by `connect_timeout`, each read or write by
+`read_timeout` / `write_timeout`, and the answers a live server gives at once (the ping
+of a connection kept idle, a transaction's BEGIN) by QUICK_ANSWER_TIMEOUT: that is where a
+kept connection to a server that went silent is found out, before any work was sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +45,8 @@ DEFAULT_PORT = 3306
 # ER_OPTION_PREVENTS_STATEMENT: "running with the --read-only option". The server refuses
 # the statement (or, at COMMIT, rolls the whole transaction back), so nothing was applied.
 ER_OPTION_PREVENTS_STATEMENT = 1290
+CR_SERVER_GONE_ERROR = 2006
+CR_SERVER_LOST = 2013
 
 
 def is_read_only_refusal(exc: BaseException) -> bool:
@@ -45,6 +57,28 @@ def is_read_only_refusal(exc: BaseException) -> bool:
     )
 
 
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a driver error comes from a socket timeout (the peer went silent)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TimeoutError):
+            return True
+        seen.add(id(current))
+        # PyMySQL keeps the OSError of a failed connect in original_exception, and raises
+        # "lost connection" / "gone away" from inside its `except OSError` (__context__).
+        lost = isinstance(current, pymysql.err.OperationalError) and current.args[:1] in (
+            (CR_SERVER_GONE_ERROR,),
+            (CR_SERVER_LOST,),
+        )
+        current = (
+            getattr(current, "original_exception", None)
+            or current.__cause__
+            or (current.__context__ if lost else None)
+        )
+    return False
+
+
 class NodeUnavailable(Exception):
     """The node could not be reached, dropped the connection, or refused to write.
 
@@ -52,14 +86,26 @@ class NodeUnavailable(Exception):
     failed before any of it was sent (connect refused or timed out, or the BEGIN of a
     transaction failed), or the server refused it because it is read-only (error 1290).
     Otherwise (e.g. the connection was lost after an INSERT was sent) it may have
-    committed, and a write must not be repeated.
+    committed, and a write must not be repeated unless it is idempotent.
+
+    unreachable is True when the node looks dead rather than merely unlucky: no connection
+    could be made, or the server did not answer within a timeout. (A connection reset or a
+    server error is not: the next connection will most likely work.)
     """
 
-    def __init__(self, node_name: str, cause: BaseException, *, not_applied: bool = False):
+    def __init__(
+        self,
+        node_name: str,
+        cause: BaseException,
+        *,
+        not_applied: bool = False,
+        unreachable: bool | None = None,
+    ):
         super().__init__(f"{node_name}: {cause}")
         self.node_name = node_name
         self.cause = cause
         self.not_applied = not_applied
+        self.unreachable = is_timeout(cause) if unreachable is None else unreachable
 
     @property
     def read_only(self) -> bool:
@@ -115,15 +161,45 @@ def parse_address(text: str) -> NodeAddress:
     return NodeAddress(host, int(port_text))
 
 
+# Health checks (foobar.db.health) run in the background and must notice a silent node
+# quickly: their connect, handshake, read and write each get this long.
+CHECK_TIMEOUT = 0.5
+# A ping or a BEGIN costs a live server nothing: no answer within this means it is silent.
+QUICK_ANSWER_TIMEOUT = CHECK_TIMEOUT
+
+# Per session, for the app's connections:
+# - time_zone: store and read DATETIMEs in UTC whatever the server's zone is;
+# - innodb_lock_wait_timeout: the only row lock a request may wait for is an idempotency
+#   key that a concurrent request with the same key holds for a few milliseconds; give
+#   up after 1 s with error 1205 (well inside the 2 s read timeout, so a lock wait is never
+#   mistaken for a dead server);
+# - idle_transaction_timeout: the app sends a transaction's statements back to back; a
+#   transaction idle for 10 s belongs to an app process that died mid-request, and the
+#   server drops it (releasing its key) instead of holding it until the TCP connection
+#   times out hours later.
+SESSION_INIT = (
+    "SET time_zone = '+00:00', innodb_lock_wait_timeout = 1, idle_transaction_timeout = 10"
+)
+
+
 @dataclass(frozen=True)
 class ConnectSettings:
     database: str
     user: str
     password: str
     tls_ca: str | None = None
-    connect_timeout: float = 1.0
+    connect_timeout: float = 1.0  # TCP connect, then again the MariaDB handshake
     read_timeout: float = 2.0
     write_timeout: float = 2.0
+
+    def for_checks(self, timeout: float = CHECK_TIMEOUT) -> ConnectSettings:
+        """The same credentials with the health checks' short timeouts."""
+        return dataclasses.replace(
+            self,
+            connect_timeout=min(self.connect_timeout, timeout),
+            read_timeout=min(self.read_timeout, timeout),
+            write_timeout=min(self.write_timeout, timeout),
+        )
 
     def connect_kwargs(self, address: NodeAddress) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -135,11 +211,11 @@ class ConnectSettings:
             "charset": "utf8mb4",
             "autocommit": True,
             "connect_timeout": self.connect_timeout,
-            "read_timeout": self.read_timeout,
-            "write_timeout": self.write_timeout,
+            # The handshake is bounded by the connect timeout too (see connect()).
+            "read_timeout": self.connect_timeout,
+            "write_timeout": self.connect_timeout,
             "cursorclass": pymysql.cursors.DictCursor,
-            # Store and read DATETIMEs in UTC whatever the server's zone is.
-            "init_command": "SET time_zone = '+00:00'",
+            "init_command": SESSION_INIT,
         }
         if self.tls_ca:
             # Require TLS, verify the chain against this CA and the host name against the cert.
@@ -148,11 +224,37 @@ class ConnectSettings:
 
 
 def connect(address: NodeAddress, settings: ConnectSettings) -> pymysql.connections.Connection:
+    """A new connection; the whole handshake within settings.connect_timeout.
+
+    PyMySQL bounds only the TCP connect by connect_timeout and reads the server's greeting
+    with the read timeout, so a server that accepts but never greets (hung, SIGSTOPped)
+    would cost a full read timeout. The connection is therefore opened with the connect
+    timeout as its read/write timeouts, which are raised to their real values afterwards.
+    """
     try:
-        return pymysql.connect(**settings.connect_kwargs(address))
+        conn = pymysql.connect(**settings.connect_kwargs(address))
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
-        # Nothing was sent yet: whatever was to run on this connection did not.
-        raise NodeUnavailable(address.name, exc, not_applied=True) from exc
+        # Nothing was sent yet: whatever was to run on this connection did not. Whatever
+        # the reason (silence, refusal, TLS, credentials), this node cannot be used now.
+        raise NodeUnavailable(address.name, exc, not_applied=True, unreachable=True) from exc
+    # PyMySQL 1.x re-applies these to the socket before each read/write (_current_timeout).
+    conn._read_timeout = settings.read_timeout
+    conn._write_timeout = settings.write_timeout
+    return conn
+
+
+@contextlib.contextmanager
+def _quick(conn: pymysql.connections.Connection):
+    """Read the next answer with QUICK_ANSWER_TIMEOUT (if shorter than the read timeout)."""
+    usual = conn._read_timeout  # PyMySQL re-applies it to the socket before each read
+    if usual is not None and usual <= QUICK_ANSWER_TIMEOUT:
+        yield
+        return
+    conn._read_timeout = QUICK_ANSWER_TIMEOUT
+    try:
+        yield
+    finally:
+        conn._read_timeout = usual
 
 
 class Node:
@@ -166,6 +268,7 @@ class Node:
         self.address = address
         self.settings = settings
         self._local = threading.local()
+        self._checker: Node | None = None
 
     @property
     def name(self) -> str:
@@ -174,13 +277,25 @@ class Node:
     def __repr__(self) -> str:
         return f"Node({self.name})"
 
+    def for_checks(self) -> Node:
+        """The same server with the health checks' short timeouts and its own connections."""
+        if self._checker is None:
+            self._checker = Node(self.address, self.settings.for_checks())
+        return self._checker
+
     def _connection(self) -> pymysql.connections.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is not None and time.monotonic() - self._local.used_at > self.ping_after_idle:
             try:
-                conn.ping(reconnect=False)
-            except (pymysql.err.Error, OSError):
+                with _quick(conn):
+                    conn.ping(reconnect=False)
+            except (pymysql.err.Error, OSError) as exc:
                 self.discard()
+                if is_timeout(exc):
+                    # Silent, not restarted: a new connection would only wait again.
+                    raise NodeUnavailable(
+                        self.name, exc, not_applied=True, unreachable=True
+                    ) from exc
                 conn = None
         if conn is None:
             conn = connect(self.address, self.settings)
@@ -202,7 +317,8 @@ class Node:
                     work_sent = True
                     return work(cursor)
                 # A BEGIN that fails leaves nothing behind: the work is not sent yet.
-                conn.begin()
+                with _quick(conn):
+                    conn.begin()
                 work_sent = True
                 try:
                     result = work(cursor)

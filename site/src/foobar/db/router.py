@@ -4,17 +4,25 @@ The configured addresses (FOOBAR_DB_PRIMARY + FOOBAR_DB_REPLICAS) are only the s
 nodes; which of them is the primary is what the servers say (foobar.db.health): the
 writable node (read_only = 0). If several are writable (split brain) the configured
 primary wins, else the first in configuration order, and the event is counted. If none
-is writable (the middle of a switchover), work that needs the primary waits for one.
+is writable, either a switchover is under way (every node answers, all read-only: work
+that needs the primary waits for one) or the primary is gone (the last writable node does
+not answer: work that needs it fails at once, since a failover takes many seconds).
 
 Reads prefer a healthy read-only replica (both replication threads running, lag within
-bounds), round-robin, and quietly move to the primary whenever no replica fits, a replica
-fails mid-read, or the replica cannot show the client's own last write in time.
+bounds), round-robin, and quietly move to another replica or the primary whenever no
+replica fits, a replica fails mid-read, or the replica cannot show the client's own last
+write in time. While the primary is gone, replicas whose IO thread lost it keep serving
+reads: nothing newer can be written anywhere meanwhile.
 
 Work on the primary is retried, on whatever node is the primary by then, for up to
-`write_retry_seconds`: a read after any failure (reads can be repeated), a write only when
-it certainly did not take effect: refused with error 1290 (read-only) or failed before
-anything was sent. A write that failed in any other way may have committed and is never
-repeated: the caller gets the error (a 503).
+`write_retry_seconds`: a read after any failure (reads can be repeated); a write when it
+certainly did not take effect (refused with error 1290, read-only, or failed before
+anything was sent), or after any failure if the caller says it is idempotent (it carries a
+key that makes a second run return the first one's result; foobar.messages). Any other
+write that failed may have committed and is not repeated: the caller gets the error (503).
+
+A node that times out or cannot be connected to is marked down in the health cache at once,
+so the requests after the one that found out skip it instead of each paying the timeout.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from foobar.db import gtid
-from foobar.db.health import HealthCache, NodeStatus, Snapshot, check_node
+from foobar.db.health import UNKNOWN, HealthCache, NodeStatus, Snapshot, check_node
 from foobar.db.nodes import PRIMARY, REPLICA, Node, NodeUnavailable
 
 T = TypeVar("T")
@@ -56,7 +64,10 @@ class RouterEvents:
         """Work on the primary is tried again (reason: read_only, unavailable, no_primary)."""
 
     def multiple_writable(self, nodes: Sequence[str]) -> None:
-        """A round of checks found more than one writable node (split brain)."""
+        """Checks found more than one writable node (split brain); at most once a second."""
+
+    def stale_read(self) -> None:
+        """A read was served by a replica that lost its primary, because none is reachable."""
 
 
 class NoPrimary(NodeUnavailable):
@@ -68,12 +79,17 @@ class NoPrimary(NodeUnavailable):
 
 @dataclass(frozen=True)
 class RoleView:
-    """Roles as one round of checks saw them."""
+    """Roles as the latest checks saw them."""
 
     primary: Node | None
     replicas: tuple[Node, ...]  # read-only and fit to serve reads
     writable: tuple[Node, ...]
     snapshot: Snapshot
+    # No node writable, and the last one that was does not answer (or, before any was
+    # seen, some node does not): a failure, not a switchover.
+    primary_gone: bool = False
+    # While the primary is gone: read-only nodes still applying what they have.
+    stale_replicas: tuple[Node, ...] = ()
 
     def status(self, node: Node) -> NodeStatus:
         return self.snapshot.get(node)
@@ -105,7 +121,10 @@ class Router:
         health: HealthCache | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        background_checks: bool | None = None,
     ):
+        """background_checks: health checks in background threads (the default with the
+        real clock); with an injected clock they run in the caller, deterministically."""
         self.configured_primary = primary  # a hint: preferred if several are writable
         self.nodes: list[Node] = []
         for node in (primary, *replicas):
@@ -117,21 +136,37 @@ class Router:
         self.events = events or RouterEvents()
         self._clock = clock
         self._sleep = sleep
+        if background_checks is None:
+            background_checks = clock is time.monotonic
         self.health = health or HealthCache(
-            lambda node: check_node(node, self.max_lag, clock),
+            self._check,
             interval=check_interval,
             clock=clock,
+            background=background_checks,
         )
         self._turn = itertools.count()
         self._view: RoleView | None = None
         self._judging = threading.Lock()
         self._judged_round = 0
         self._last_primary: str | None = None
+        self._last_writable: str | None = None  # survives a moment without a primary
+        self._split_counted_at: float | None = None
+        self._had_primary = False
+
+    def _check(self, node: Node) -> NodeStatus:
+        # Real nodes are asked on connections of their own with short timeouts.
+        for_checks = getattr(node, "for_checks", None)
+        return check_node(for_checks() if for_checks else node, self.max_lag, self._clock)
+
+    def close(self) -> None:
+        """Stop the background health checks (a process that exits needs not call this)."""
+        self.health.close()
 
     # -- roles -----------------------------------------------------------------------
 
     def view(self, *, newer_than: float | None = None, wait: float | None = None) -> RoleView:
-        """Current roles (cached ~1 s); newer_than: from a round started after that moment."""
+        """Current roles (at most ~1 s old); newer_than: from answers asked for after that
+        moment (nodes known to be down excepted), waiting up to `wait` seconds for them."""
         snap = self.health.get(self.nodes, newer_than=newer_than, wait=wait)
         view = self._view
         if view is not None and view.snapshot is snap:
@@ -149,61 +184,97 @@ class Router:
         # self.nodes starts with the configured primary: it wins if it is writable.
         primary = writable[0] if writable else None
         replicas = tuple(n for n in self.nodes if n is not primary and snap.get(n).serves_reads)
-        view = RoleView(primary, replicas, writable, snap)
         with self._judging:
-            if snap.round > self._judged_round:  # once per round, not per benching
+            if primary is not None:
+                self._last_writable = primary.name
+            last = self._last_writable
+            if snap.round > self._judged_round:  # once per change, not per look
                 self._judged_round = snap.round
-                if len(writable) > 1:
-                    names = [n.name for n in writable]
-                    log.warning("several database nodes are writable: %s; writing to %s",
-                                ", ".join(names), primary.name)
-                    self.events.multiple_writable(names)
-                name = primary.name if primary else None
-                if name != self._last_primary:
-                    first = snap.round == 1 and self._last_primary is None
-                    log.log(logging.INFO if first else logging.WARNING,
-                            "database primary is now %s (was %s)", name, self._last_primary)
-                    self._last_primary = name
-        return view
+                self._note(snap, primary, writable)
+        gone = primary is None and (
+            not snap.statuses.get(last, UNKNOWN).reachable
+            if last is not None
+            else any(not snap.get(n).reachable for n in self.nodes)
+        )
+        stale = tuple(n for n in self.nodes if gone and snap.get(n).serves_stale_reads)
+        return RoleView(primary, replicas, writable, snap, gone, stale)
+
+    def _note(self, snap: Snapshot, primary: Node | None, writable: tuple[Node, ...]) -> None:
+        """Log and count what changed; the caller holds self._judging."""
+        if len(writable) > 1:
+            now = self._clock()
+            last = self._split_counted_at
+            if last is None or now - last >= self.health.interval:
+                names = [n.name for n in writable]
+                log.warning("several database nodes are writable: %s; writing to %s",
+                            ", ".join(names), primary.name)
+                self.events.multiple_writable(names)
+                self._split_counted_at = now
+        else:
+            self._split_counted_at = None
+        name = primary.name if primary else None
+        if name != self._last_primary:
+            first = self._last_primary is None and not self._had_primary
+            log.log(logging.INFO if first else logging.WARNING,
+                    "database primary is now %s (was %s)", name, self._last_primary)
+            self._last_primary = name
+        self._had_primary = self._had_primary or primary is not None
 
     def healthy_replicas(self) -> list[Node]:
         return list(self.view().replicas)
 
-    def choose_replica(self, view: RoleView | None = None) -> Node | None:
-        """Next healthy replica in round-robin order, or None to use the primary."""
-        healthy = (view or self.view()).replicas
-        if not healthy:
+    def choose_replica(self, view: RoleView | None = None, skip=()) -> Node | None:
+        """Next replica in round-robin order (skipping `skip`), or None to use the primary."""
+        view = view or self.view()
+        candidates = [n for n in view.replicas or view.stale_replicas if n not in skip]
+        if not candidates:
             return None
-        return healthy[next(self._turn) % len(healthy)]
+        return candidates[next(self._turn) % len(candidates)]
+
+    def _failed(self, node: Node, exc: NodeUnavailable, *, bench: bool = False) -> None:
+        """Tell the health cache what a request just learnt about a node."""
+        if exc.unreachable:
+            self.health.mark_down(node, f"unreachable: {exc.cause}")
+        elif bench:
+            self.health.mark_failed(node, f"read failed: {exc.cause}")
 
     # -- reads -----------------------------------------------------------------------
 
     def read(self, work: Callable[[Any], T], *, min_gtid: str | None = None) -> Routed[T]:
         """Run a read-only work(cursor); min_gtid is the client's last write, if any."""
         view = self.view()
-        replica = self.choose_replica(view)
-        if replica is None:
-            if len(self.nodes) > 1:
-                self.events.fallback("no_healthy_replica")
-            return self._read_on_primary(work, view)
-        try:
-            if min_gtid:
-                # GTIDs are global: a position written on a former primary is waited for
-                # the same way on any replica, whichever node it replicates from now.
-                caught_up = replica.run(
-                    lambda cursor: gtid.wait_for(cursor, min_gtid, self.gtid_wait_timeout)
-                )
-                self.events.gtid_wait("caught_up" if caught_up else "timeout")
-                if not caught_up:
-                    self.events.fallback("gtid_wait_timeout")
-                    return self._read_on_primary(work, view)
-            value = replica.run(work)
-        except NodeUnavailable as exc:
-            self.health.mark_failed(replica, f"read failed: {exc.cause}")
-            self.events.fallback("replica_error")
-            return self._read_on_primary(work, view)
-        self.events.query(REPLICA, "read")
-        return Routed(value, replica, REPLICA)
+        tried: list[Node] = []
+        while True:
+            replica = self.choose_replica(view, tried)
+            if replica is None:
+                if not tried and len(self.nodes) > 1:
+                    self.events.fallback("no_healthy_replica")
+                return self._read_on_primary(work, view)
+            stale = replica not in view.replicas
+            try:
+                if min_gtid:
+                    # GTIDs are global: a position written on a former primary is waited for
+                    # the same way on any replica, whichever node it replicates from now. A
+                    # replica that lost its primary receives nothing more: no use waiting.
+                    timeout = 0 if stale else self.gtid_wait_timeout
+                    caught_up = replica.run(
+                        lambda cursor, timeout=timeout: gtid.wait_for(cursor, min_gtid, timeout)
+                    )
+                    self.events.gtid_wait("caught_up" if caught_up else "timeout")
+                    if not caught_up:
+                        self.events.fallback("gtid_wait_timeout")
+                        return self._read_on_primary(work, view)
+                value = replica.run(work)
+            except NodeUnavailable as exc:
+                self._failed(replica, exc, bench=True)
+                self.events.fallback("replica_error")
+                tried.append(replica)
+                view = self.view()
+                continue
+            if stale:
+                self.events.stale_read()
+            self.events.query(REPLICA, "read")
+            return Routed(value, replica, REPLICA)
 
     def _read_on_primary(self, work: Callable[[Any], T], view: RoleView) -> Routed[T]:
         # The primary has applied every acknowledged write (a switchover waits for that
@@ -214,9 +285,17 @@ class Router:
 
     # -- writes ----------------------------------------------------------------------
 
-    def write(self, work: Callable[[Any], T]) -> Written[T]:
-        """Run work(cursor) in a transaction on the primary and note the GTID it committed."""
-        value, node = self._on_primary(work, self.view(), transaction=True)
+    def write(self, work: Callable[[Any], T], *, idempotent: bool = False) -> Written[T]:
+        """Run work(cursor) in a transaction on the primary and note the GTID it committed.
+
+        idempotent: running the work twice has the effect of running it once (it records
+        a key in the same transaction and returns the first run's result when the key is
+        there already), so it may be repeated after any failure, including one that left
+        its outcome unknown (connection lost after the COMMIT was sent).
+        """
+        value, node = self._on_primary(
+            work, self.view(), transaction=True, idempotent=idempotent
+        )
         self.events.query(PRIMARY, "write")
         try:
             # Same connection, right after COMMIT: the GTID of exactly this transaction.
@@ -225,14 +304,31 @@ class Router:
             position = None  # committed anyway; the client just loses read-your-writes
         return Written(value, node, PRIMARY, position)
 
+    def run_on_primary(self, work: Callable[[Any], T]) -> T:
+        """Run work(cursor) once on the primary of the moment, no retries (housekeeping)."""
+        view = self.view()
+        if view.primary is None:
+            raise NoPrimary(self._no_primary_detail(view))
+        try:
+            return view.primary.run(work)
+        except NodeUnavailable as exc:
+            self._failed(view.primary, exc)
+            raise
+
     def _on_primary(
-        self, work: Callable[[Any], T], view: RoleView, *, transaction: bool
+        self,
+        work: Callable[[Any], T],
+        view: RoleView,
+        *,
+        transaction: bool,
+        idempotent: bool = False,
     ) -> tuple[T, Node]:
         """Run work on the primary of the moment, retrying what is safe to retry.
 
-        After a failure the roles are re-read at once (bypassing the cache) and the work is
-        tried again on the primary they name, immediately the first time, then every
-        BACKOFF_FIRST..BACKOFF_MAX seconds, for up to write_retry_seconds in all.
+        After a failure the roles are asked again at once and the work is tried again on
+        the primary they name, immediately the first time, then every BACKOFF_FIRST..
+        BACKOFF_MAX seconds, for up to write_retry_seconds in all. While the primary is
+        gone (the last writable node does not answer) nothing waits: NoPrimary at once.
         """
         kind = "write" if transaction else "read"
         deadline = self._clock() + self.write_retry_seconds
@@ -241,20 +337,24 @@ class Router:
             node = view.primary
             if node is None:
                 error: NodeUnavailable = NoPrimary(self._no_primary_detail(view))
+                if view.primary_gone:
+                    # A failover takes many seconds: waiting here would only hold this
+                    # worker thread. The client gets a 503 with Retry-After at once.
+                    raise error
                 reason = "no_primary"
-                seen_at = view.snapshot.started_at
             else:
                 try:
                     return node.run(work, transaction=transaction), node
                 except NodeUnavailable as exc:
-                    # A read can always be repeated; a write only if it certainly did not
-                    # take effect (refused as read-only, or never sent).
-                    if transaction and not exc.not_applied:
+                    self._failed(node, exc)
+                    # A read can always be repeated; a write if it certainly did not take
+                    # effect (refused as read-only, or never sent), or if it is idempotent.
+                    if transaction and not (exc.not_applied or idempotent):
                         raise
                     error = exc
                     reason = "read_only" if exc.read_only else "unavailable"
-                    seen_at = self._clock()
-            remaining = deadline - self._clock()
+            seen_at = self._clock()
+            remaining = deadline - seen_at
             if remaining <= 0:
                 raise error
             self.events.retry(kind, reason)
