@@ -20,6 +20,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -169,6 +170,7 @@ def run_load(
     record_header: str = "x-served-by",
     on_sample: Callable[[Sample], None] | None = None,
     ca_file: str | None = None,
+    idempotency_keys: bool = False,
 ) -> LoadResult:
     """Send requests to url at `rate` per second until duration, max_requests or stop_event.
 
@@ -176,7 +178,9 @@ def run_load(
     of `concurrency` slots. Without keepalive every request opens a new connection, so each
     one is routed afresh. Blocks (runs its own event loop): call it from a thread to inject
     faults meanwhile. `on_sample` sees each sample as it completes (progress while it runs).
-    An https url is verified against `ca_file` (else the system's CAs) for the name in
+    With idempotency_keys, every request carries its own Idempotency-Key (what a careful
+    client does for writes: a replay anywhere on the path is then answered, never applied
+    twice). An https url is verified against `ca_file` (else the system's CAs) for the name in
     `host_header`, which also goes in SNI: the url may name a VIP's address.
     """
     if not (rate > 0 and math.isfinite(rate)):
@@ -210,8 +214,9 @@ def run_load(
             async with asyncio.timeout(max(0.0, scheduled + timeout - time.monotonic())):
                 async with slots:
                     start = time.monotonic()
+                    key = {"Idempotency-Key": uuid.uuid4().hex} if idempotency_keys else None
                     response = await client.request(
-                        method, target, json=json_body, extensions=sni
+                        method, target, json=json_body, extensions=sni, headers=key
                     )
             status, value = response.status_code, response.headers.get(record_header)
         except Exception as exc:

@@ -158,8 +158,11 @@ def test_bad_input_through_the_stack_is_a_clean_4xx(lab):
 def test_switchover_keeps_every_acknowledged_write(lab):
     old = primary(lab)
     target = replicas(lab)[0]
+    # Writes carry an Idempotency-Key, as the site's form does: every tier may then replay
+    # one that met a server going away (an app server reloading after the promotion).
     with load(lab, lab.vips[0], "/messages", header="location", rate=20, timeout=10.0,
-              method="POST", json_body={"author": "switch", "body": "over"}) as bg:
+              method="POST", json_body={"author": "switch", "body": "over"},
+              idempotency_keys=True) as bg:
         switched = run("db", "switchover", target)
         more(bg, 20, "writes after the switchover")
     print("\n" + switched.stdout.strip().splitlines()[-1])
