@@ -17,18 +17,18 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
-from hastack import chaos, lb
+from hastack import chaos, lb, siteclient
 from hastack.lab.lab import Lab
 from hastack.loadgen import BackgroundLoad, LoadResult
 
 
-def _lb_of(vip: str, domain: str) -> str:
+def _lb_of(vip: str, domain: str, ca: Path) -> str:
     try:
-        return httpx.get(f"http://{vip}/healthz", headers={"Host": domain},
-                         timeout=1.0).headers.get("x-lb", "")
+        return siteclient.get(vip, domain, "/healthz", ca, timeout=1.0).headers.get("x-lb", "")
     except httpx.HTTPError:
         return ""
 
@@ -45,7 +45,7 @@ def settle(lab: Lab) -> None:
     topo = lab.require_topology()
     vips = [str(v.address) for v in topo.vips]
     lbs = [m.name for m in topo.with_role("loadbalancer")]
-    _wait(lambda: [_lb_of(v, topo.domain) for v in vips] == lbs[:len(vips)], 90,
+    _wait(lambda: [_lb_of(v, topo.domain, lab.ca_cert()) for v in vips] == lbs[:len(vips)], 90,
           "each VIP on its master")
     _wait(lambda: all(not r["status"].startswith("DOWN")
                       for name in lbs for r in lb.server_stats(lab, name).values()), 30,
@@ -55,8 +55,8 @@ def settle(lab: Lab) -> None:
 def under_load(lab: Lab, inject: Callable[[], float], rate: float, seconds: float,
                header: str) -> tuple[LoadResult, float]:
     topo = lab.require_topology()
-    with BackgroundLoad(f"http://{topo.vips[0].address}/", host_header=topo.domain, rate=rate,
-                        timeout=2.0, record_header=header) as bg:
+    with BackgroundLoad(f"https://{topo.vips[0].address}/", host_header=topo.domain, rate=rate,
+                        timeout=2.0, record_header=header, ca_file=str(lab.ca_cert())) as bg:
         if not bg.wait_for(int(rate), 10):
             raise SystemExit("the load did not start")
         t_fault = inject()
