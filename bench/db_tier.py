@@ -3,8 +3,7 @@
 - replication lag p50/p99 under a bounded write load (default 500 writes/s for 10 s), measured
   on an app machine with the site's own credentials (GTID of each sampled write, waited for on
   the replica with MASTER_GTID_WAIT);
-- read and write throughput of the site through a VIP vs directly to one gunicorn (wrk, same
-  run, ratio), to show what the LB and nginx hops cost;
+- read and write throughput of the site through a VIP over HTTPS (wrk, keep-alive);
 - switchover write outage: the longest a write waited (or failed) while the primary moved.
 
     .venv/bin/python bench/db_tier.py [--rate 500] [--seconds 10]

@@ -17,9 +17,11 @@ import pymysql
 
 def connect(hostport: str) -> pymysql.connections.Connection:
     host, _, port = hostport.partition(":")
+    ca = os.environ.get("FOOBAR_DB_TLS_CA")  # the servers require TLS; verify like the site
     return pymysql.connect(host=host, port=int(port or 3306), user=os.environ["FOOBAR_DB_USER"],
                            password=os.environ["FOOBAR_DB_PASSWORD"],
-                           database=os.environ["FOOBAR_DB_NAME"], autocommit=True)
+                           database=os.environ["FOOBAR_DB_NAME"], autocommit=True,
+                           ssl={"ca": ca} if ca else None)
 
 
 def main() -> None:
