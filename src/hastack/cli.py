@@ -241,6 +241,10 @@ def db_switchover(target: Annotated[str, typer.Argument(help="replica to promote
 
 
 def main() -> None:
+    # hastack writes machines' filesystems (overlays, network and SSH files, the image):
+    # their modes must not depend on the operator's umask (a umask of 077 made every
+    # machine's / unreadable to its own daemons). Secrets set their own modes (0600/0700).
+    os.umask(0o022)
     try:
         app(standalone_mode=False)
     except HastackError as exc:
