@@ -41,7 +41,8 @@ def deploy_with(lab: Lab, tmp_path: Path, **variables: object
     """`hastack deploy -i` of the lab's own inventory (its secrets too) with extra all.vars,
     expected to be refused: returns its one error line and the result."""
     data = yaml.safe_load(Path(lab.status["inventory"]).read_text())
-    data["all"]["vars"].update({k: str(v) for k, v in variables.items()})
+    data["all"]["vars"].update({k: v if isinstance(v, list | dict) else str(v)
+                                for k, v in variables.items()})
     inventory = tmp_path / "servers.yml"
     inventory.write_text(yaml.safe_dump(data))
     result = run("deploy", "-i", str(inventory), "--secrets-dir",

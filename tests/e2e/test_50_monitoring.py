@@ -15,11 +15,10 @@ import time
 import httpx
 import pytest
 
-from hastack import siteclient
+from hastack import alerthistory, siteclient
 
-from .conftest import poll, run
+from .conftest import deploy_with, poll, run
 
-HISTORY_PORT = 9095
 PROMETHEUS_PORT = 9090
 RESOLVED_BUDGET = 25  # scrape 5 s + evaluation 5 s + Alertmanager's group_interval 15 s
 
@@ -33,27 +32,18 @@ def mon(lab):
     return next(a for a in machine["addresses"] if a.startswith("198.19."))
 
 
-def history(mon: str, **filters: str) -> list[dict]:
-    r = httpx.get(f"http://{mon}:{HISTORY_PORT}/alerts", params=filters, timeout=5)
-    r.raise_for_status()
-    return r.json()["alerts"]
-
-
 def events_since(mon: str, alertname: str, status: str, since: float) -> list[dict]:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since - 1)) + "+00:00"
-    return history(mon, alertname=alertname, status=status, since=stamp)
+    return alerthistory.events(mon, alertname, status, since)
 
 
 def wait_alert(mon: str, alertname: str, status: str, since: float, budget: float,
                **labels: str) -> float:
     """Seconds from `since` until the history received that notification."""
-    def received():
-        for event in events_since(mon, alertname, status, since):
-            if all(event["labels"].get(k) == v for k, v in labels.items()):
-                return event
-        return None
-    event = poll(received, budget + 45, f"{alertname} {status} {labels or ''}", interval=0.5)
-    took = time.time() - since
+    event = alerthistory.wait_for(mon, alertname, status, since, budget + 45, labels)
+    if event is None:
+        pytest.fail(f"timed out after {budget + 45:.0f} s waiting for {alertname} {status} "
+                    f"{labels or ''}")
+    took = alerthistory.received_at(event) - since
     print(f"\n{alertname} {status}: received {took:.1f} s after the change "
           f"(budget {budget:.0f} s), deliveries {event.get('deliveries')}")
     return took
@@ -170,3 +160,28 @@ def test_a_burst_of_bans_fires_the_breach_alert(lab, mon):
         for address in scanners:
             run("lb", "unban", address, check=False)
             subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "hs-pub"], check=False)
+
+
+_AM_STATE = ("sha256sum /etc/prometheus/alertmanager.yml /etc/prometheus/prometheus.yml "
+             "/etc/prometheus/rules/*; systemctl is-active prometheus prometheus-alertmanager")
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({"hastack_alert_receivers": [{"name": "chat", "type": "webhook",
+                                   "url": "htps://hooks example.com/x"}]},
+     "hastack_alert_receivers[0].url"),
+    ({"hastack_alert_rules": [{"name": "mine", "rules": [
+        {"alert": "Broken", "expr": "sum(rate(up[5m]) by", "for": "1m"}]}]},
+     "hastack_alert_rules"),
+    ({"hastack_alert_receivers": [{"name": "ops", "type": "webhook",
+                                   "url": "https://pager.example.com/hook",
+                                   "match": {"team": "ops"}}]},
+     "team"),
+], ids=["malformed-receiver-url", "rule-that-does-not-parse", "unknown-routing-label"])
+def test_bad_alerting_input_is_refused_in_one_line_before_any_change(lab, mon, tmp_path,
+                                                                     variables, expected):
+    name = lab.names("monitoring")[0]
+    before = lab.ssh(name, _AM_STATE)
+    line, _ = deploy_with(lab, tmp_path, **variables)
+    assert expected in line, line
+    assert lab.ssh(name, _AM_STATE) == before
