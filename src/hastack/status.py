@@ -43,7 +43,7 @@ ROLE_UNITS = {
     "db-replica": ("mariadb", "prometheus-mysqld-exporter"),
     "dns": ("dnsmasq",),
     "monitoring": ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter",
-                   "hastack-alert-receiver"),
+                   "hastack-alert-receiver", "hastack-status-page"),
 }
 EVERY_MACHINE_UNITS = ("prometheus-node-exporter",)
 # The scrape jobs that target each role's machines (prometheus.yml.j2).
