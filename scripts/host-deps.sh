@@ -6,10 +6,12 @@
 #  host's service: it is kept from starting during the install)
 #  prometheus, prometheus-alertmanager, prometheus-blackbox-exporter: promtool, amtool and
 #  blackbox's --config.check for the monitoring tests (their services are kept from starting)
+#  chromium, fonts-dejavu-core: the status page's e2e test renders it headless (screenshot)
 set -euo pipefail
 packages=(systemd-container debootstrap openssh-client iproute2 util-linux wrk
           mariadb-server mariadb-client openssl gzip
-          prometheus prometheus-alertmanager prometheus-blackbox-exporter)
+          prometheus prometheus-alertmanager prometheus-blackbox-exporter
+          chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

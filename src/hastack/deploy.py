@@ -240,6 +240,8 @@ def run(inventory: Path, secrets_dir: Path, console: Console,
         "hastack_wheelhouse": str(wheels),
         "hastack_site_static": str(paths.SITE_DIR / "src/foobar/static"),
     }
+    if (listing.get("monitoring") or {}).get("hosts"):  # the status page's code
+        variables["hastack_monitoring_wheelhouse"] = str(wheelhouse.ensure_monitoring(console))
     variables.update(extra_vars or {})
     runner_dir = secrets_dir.parent / "runner"
     runner_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@
 
 `collect()` asks a monitoring machine over HTTP (the first that answers) and calls build();
 it never raises for an unreachable monitoring machine: the result then says why in `error`.
+`collect_ranges()` asks the same way for RANGE_QUERIES over a time range (the status page's
+plots).
 `merge()` adds that to `hastack status --json`'s object under the new key `monitoring` (and
 `health`/`daemons` on each machine), changing none of the keys already there.
 """
@@ -41,7 +43,7 @@ ROLE_UNITS = {
     "db-replica": ("mariadb", "prometheus-mysqld-exporter"),
     "dns": ("dnsmasq",),
     "monitoring": ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter",
-                   "hastack-alert-receiver"),
+                   "hastack-alert-receiver", "hastack-status-page"),
 }
 EVERY_MACHINE_UNITS = ("prometheus-node-exporter",)
 # The scrape jobs that target each role's machines (prometheus.yml.j2).
@@ -78,7 +80,18 @@ QUERIES = {
            "(rate(foobar_http_request_duration_seconds_bucket[1m])))",
 }
 
+# The status page's plots (hastack.statuspage): the same expressions over the last hour,
+# asked with /api/v1/query_range. The 5xx plot is the share of edge responses (the ratio
+# SiteErrorRatioHigh watches); it has no value while no request arrives.
+RANGE_QUERIES = {
+    "requests": QUERIES["requests"],
+    "error_ratio": f"{QUERIES['errors_5xx']} / {QUERIES['requests']}",
+    "p99": QUERIES["p99"],
+    "lag": QUERIES["lag"],
+}
+
 Sample = tuple[dict[str, str], float | None]
+Series = tuple[dict[str, str], list[tuple[float, float | None]]]
 
 
 def samples(answer: Any) -> list[Sample]:
@@ -93,6 +106,23 @@ def samples(answer: Any) -> list[Sample]:
         return []
     return [(dict(r.get("metric") or {}), _number((r.get("value") or [None, None])[1]))
             for r in result]
+
+
+def series(answer: Any) -> list[Series]:
+    """(labels, [(unix time, value)]) of one /api/v1/query_range answer (a matrix); NaN ->
+    None."""
+    if not isinstance(answer, dict) or answer.get("status") != "success":
+        return []
+    data = answer.get("data") or {}
+    result = data.get("result")
+    if data.get("resultType") != "matrix" or not isinstance(result, list):
+        return []
+    out = []
+    for r in result:
+        points = [(float(p[0]), _number(p[1])) for p in r.get("values") or []
+                  if isinstance(p, list) and len(p) == 2]
+        out.append((dict(r.get("metric") or {}), points))
+    return out
 
 
 def _number(text: Any) -> float | None:
@@ -268,11 +298,13 @@ def _traffic(answers: dict[str, Any]) -> dict[str, float | None]:
 Getter = Callable[[str, dict[str, str]], Any]
 
 
-def endpoints(topo: Topology) -> list[tuple[str, str]]:
-    """(Prometheus URL, Alertmanager URL) of each monitoring machine (private addresses)."""
+def endpoints(topo: Topology, first: str | None = None) -> list[tuple[str, str]]:
+    """(Prometheus URL, Alertmanager URL) of each monitoring machine (private addresses);
+    the machine named `first` (a status page asking its own machine) before the others."""
+    machines = sorted(topo.with_role("monitoring"), key=lambda m: m.name != first)
     return [(f"http://{m.private_address}:{PROMETHEUS_PORT}",
              f"http://{m.private_address}:{ALERTMANAGER_PORT}")
-            for m in topo.with_role("monitoring")]
+            for m in machines]
 
 
 def _http_get(timeout: float) -> Getter:
@@ -283,10 +315,12 @@ def _http_get(timeout: float) -> Getter:
     return get
 
 
-def collect(topo: Topology, get: Getter | None = None, timeout: float = 2.0) -> dict[str, Any]:
-    """Ask the first monitoring machine that answers; never raises for an unreachable one."""
+def collect(topo: Topology, get: Getter | None = None, timeout: float = 2.0,
+            first: str | None = None) -> dict[str, Any]:
+    """Ask the first monitoring machine that answers (`first` before the others); never
+    raises for an unreachable one."""
     get = get or _http_get(timeout)
-    places = endpoints(topo)
+    places = endpoints(topo, first)
     if not places:
         return {"source": None, "error": "no machine with role monitoring in the topology"}
     errors = []
@@ -308,6 +342,29 @@ def collect(topo: Topology, get: Getter | None = None, timeout: float = 2.0) -> 
             result["alerts_error"] = alert_error
         return result
     return {"source": None, "error": "; ".join(errors)}
+
+
+def collect_ranges(topo: Topology, start: float, end: float, step: float = 15.0,
+                   get: Getter | None = None, timeout: float = 5.0,
+                   first: str | None = None) -> dict[str, Any]:
+    """RANGE_QUERIES over [start, end] (unix times) from the first monitoring machine that
+    answers: {"source", "error", "series": {name: [Series]}}; never raises for an
+    unreachable one."""
+    get = get or _http_get(timeout)
+    errors = []
+    for prometheus, _ in endpoints(topo, first):
+        try:
+            answers = {name: get(f"{prometheus}/api/v1/query_range",
+                                 {"query": q, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                                  "step": f"{step:g}"})
+                       for name, q in RANGE_QUERIES.items()}
+        except (httpx.HTTPError, ValueError) as exc:
+            errors.append(f"{prometheus}: {str(exc) or type(exc).__name__}")
+            continue
+        return {"source": prometheus, "error": None,
+                "series": {name: series(a) for name, a in answers.items()}}
+    return {"source": None, "error": "; ".join(errors) or "no machine with role monitoring",
+            "series": {name: [] for name in RANGE_QUERIES}}
 
 
 def merge(status: dict[str, Any], monitoring: dict[str, Any]) -> dict[str, Any]:

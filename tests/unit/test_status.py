@@ -218,6 +218,63 @@ def test_collect_asks_the_first_monitoring_machine_that_answers():
     assert len(screen["alerts"]) == 2
 
 
+def test_collect_can_ask_a_named_monitoring_machine_first():
+    topo = topology.parse({"counts": {"monitoring": 2}})
+    asked = []
+
+    def get(url, params):
+        asked.append(url)
+        if url.endswith("/api/v2/alerts"):
+            return []
+        name = next(n for n, q in status.QUERIES.items() if q == params["query"])
+        return healthy()[name]
+
+    assert status.collect(topo, get, first="mon2")["source"] == "http://198.19.0.62:9090"
+    assert {u.split("/")[2] for u in asked} == {"198.19.0.62:9090", "198.19.0.62:9093"}
+    assert [p for p, _ in status.endpoints(topo)] == [
+        "http://198.19.0.61:9090", "http://198.19.0.62:9090"]  # unchanged without `first`
+
+
+def matrix(*series: tuple[dict, list]) -> dict:
+    return {"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": labels, "values": [[t, str(v)] for t, v in points]}
+        for labels, points in series]}}
+
+
+def test_series_parses_a_range_answer():
+    answer = matrix(({"machine": "db2"}, [(T, 0), (T + 15, "NaN"), (T + 30, 2.5)]))
+    assert status.series(answer) == [({"machine": "db2"}, [(T, 0.0), (T + 15, None),
+                                                           (T + 30, 2.5)])]
+    assert status.series(healthy()["requests"]) == []  # a vector is not a range
+    assert status.series({"status": "error"}) == []
+
+
+def test_collect_ranges_asks_the_first_monitoring_machine_that_answers():
+    topo = topology.parse({"counts": {"monitoring": 2}})
+    asked = []
+
+    def get(url, params):
+        asked.append((url, params))
+        if url.startswith("http://198.19.0.62"):
+            raise httpx.ConnectError("connection refused")
+        assert url.endswith("/api/v1/query_range")
+        return matrix(({}, [(T, 1.0)]))
+
+    got = status.collect_ranges(topo, T - 3600, T, 15, get, first="mon2")
+    assert got["source"] == "http://198.19.0.61:9090" and got["error"] is None
+    assert set(got["series"]) == set(status.RANGE_QUERIES)
+    assert asked[0][0].startswith("http://198.19.0.62")
+    assert asked[-1][1] == {"query": status.RANGE_QUERIES["lag"], "start": f"{T - 3600:.3f}",
+                            "end": f"{T:.3f}", "step": "15"}
+
+    def down(url, params):
+        raise httpx.ConnectTimeout("timed out")
+
+    got = status.collect_ranges(topo, T - 3600, T, 15, down)
+    assert got["source"] is None and "198.19.0.62:9090: timed out" in got["error"]
+    assert got["series"] == {name: [] for name in status.RANGE_QUERIES}
+
+
 def test_collect_reports_unreachable_monitoring_without_raising():
     def get(url, params):
         raise httpx.ConnectTimeout("timed out")
@@ -269,7 +326,8 @@ def test_merge_adds_keys_and_changes_none():
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing")
 def test_every_query_parses(tmp_path):
     rules = {"groups": [{"name": "status", "rules": [
-        {"record": f"hastack_status:{name}", "expr": q} for name, q in status.QUERIES.items()]}]}
+        {"record": f"hastack_status:{name}", "expr": q}
+        for name, q in [*status.QUERIES.items(), *status.RANGE_QUERIES.items()]]}]}
     path = tmp_path / "queries.yml"
     path.write_text(json.dumps(rules))
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True,

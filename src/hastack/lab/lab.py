@@ -230,7 +230,8 @@ class Lab:
                 time.sleep(0.1)
 
     def _fingerprint(self) -> str:
-        """What a deploy depends on: inventory, playbook, site sources, certificates, image."""
+        """What a deploy depends on: inventory, playbook, site sources, hastack's own sources
+        (the status page), certificates, image."""
         digest = hashlib.sha256(self.inventory.read_bytes())
         for f in sorted(pki.tls_dir(self.secrets).glob("*")):
             digest.update(f.name.encode())
@@ -240,6 +241,7 @@ class Lab:
                 digest.update(str(f).encode())
                 digest.update(f.read_bytes())
         digest.update(wheelhouse.site_hash().encode())
+        digest.update(wheelhouse.monitoring_hash().encode())
         digest.update(image.image_key().encode())
         return digest.hexdigest()
 
