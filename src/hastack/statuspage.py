@@ -8,9 +8,10 @@ address, with the last hour of traffic, errors, latency and replication lag plot
 
 The data is hastack.status's: collect() for the screen, collect_ranges() for the plots, this
 machine's Prometheus and Alertmanager first (--machine), the other monitoring machine's if
-they do not answer. The topology is /etc/hastack/inventory.json, which Ansible renders from
-its own groups and hostvars in the shape hastack.inventory.build() returns, so the page works
-the same for the lab and for real servers.
+they do not answer. The topology is /opt/hastack-status-page/inventory.json (not under
+/etc/hastack, which only the TLS group may enter), rendered by Ansible from its own groups
+and hostvars in the shape hastack.inventory.build() returns, so the page works the same
+for the lab and for real servers.
 
 Runs on the monitoring machines from a venv holding only hastack's wheel, httpx and
 matplotlib: it imports nothing else of hastack but status, topology and errors.
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hastack-status-page", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", required=True, help="ADDRESS:PORT")
-    parser.add_argument("--inventory", type=Path, default=Path("/etc/hastack/inventory.json"))
+    parser.add_argument("--inventory", type=Path,
+                        default=Path("/opt/hastack-status-page/inventory.json"))
     parser.add_argument("--machine", help="this machine's inventory name: its Prometheus and "
                                           "Alertmanager are asked first")
     args = parser.parse_args(argv)

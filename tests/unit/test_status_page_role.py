@@ -86,7 +86,7 @@ def test_the_unit_listens_on_the_private_address_as_an_unprivileged_user(rendere
     for name, address in (("mon1", "198.19.0.61"), ("mon2", "198.19.0.62")):
         unit = files[f"{name}-hastack-status-page.service"]
         assert (f"-m hastack.statuspage --listen {address}:9096 --inventory "
-                f"/etc/hastack/inventory.json --machine {name}") in unit
+                f"/opt/hastack-status-page/inventory.json --machine {name}") in unit
         assert "User=hastack-status\n" in unit and "NoNewPrivileges=yes" in unit
         assert "MPLCONFIGDIR=/var/cache/hastack-status-page" in unit
 
