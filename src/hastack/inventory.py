@@ -13,18 +13,9 @@ import yaml
 
 from hastack.errors import HastackError
 from hastack.lab.machine import PRIVATE_IF, PUBLIC_IF
-from hastack.topology import Topology
+from hastack.topology import ROLE_GROUPS, Topology
 
-# topology role -> Ansible group
-GROUPS = {
-    "loadbalancer": "loadbalancer",
-    "dns": "dns",
-    "web": "web",
-    "app": "app",
-    "db-primary": "db_primary",
-    "db-replica": "db_replica",
-    "monitoring": "monitoring",
-}
+GROUPS = ROLE_GROUPS  # topology role -> Ansible group (topology.from_inventory reads them back)
 
 
 def build(topo: Topology, connection: dict[str, Any] | None = None) -> dict[str, Any]:
