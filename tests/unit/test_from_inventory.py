@@ -3,6 +3,7 @@ inventory reaches hastack in (the YAML inventory.build() writes, ansible-invento
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hastack import inventory, topology
+from hastack import deploy, inventory, topology
 from hastack.errors import HastackError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "servers.yml"
@@ -197,3 +198,36 @@ def test_listing_mistakes_name_the_host_and_variable():
     with pytest.raises(HastackError, match=r"^servers.yml: all.hosts.db2."
                                            r"hastack_private_address: is missing$"):
         topology.from_listing(listing, "servers.yml")
+
+
+def test_group_vars_are_resolved_by_ansible_inventory(tmp_path: Path):
+    """Variables in group_vars/ and hosts defined only in their groups: the real
+    ansible-inventory resolves them, and the model is the same as from one YAML file."""
+    data = _example()
+    site_vars = data["all"].pop("vars")
+    hosts = data["all"].pop("hosts")
+    for body in data["all"]["children"].values():
+        for name in body.get("hosts") or {}:
+            body["hosts"][name] = hosts[name]
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all.yml").write_text(yaml.safe_dump(site_vars))
+    path = tmp_path / "servers.yml"
+    path.write_text(yaml.safe_dump(data))
+    inventory.check_file(path)  # group_vars beside it: the file alone need not have them
+    resolved = topology.from_listing(deploy.list_inventory(path), str(path))
+    expected = topology.from_inventory(_example(), str(path))
+    assert sorted(resolved.machines, key=lambda m: m.name) == sorted(
+        expected.machines, key=lambda m: m.name)
+    assert dataclasses.replace(resolved, machines=expected.machines) == expected
+
+
+def test_with_primary_swaps_the_database_groups():
+    data = _example()
+    data["all"]["children"]["db_replica"]["hosts"] = {"db2": {"x": 1}, "db3": {}}
+    before = copy.deepcopy(data)
+    moved = inventory.with_primary(data, "db2")
+    assert data == before  # the input is left alone
+    assert moved["all"]["children"]["db_primary"]["hosts"] == {"db2": {"x": 1}}
+    assert moved["all"]["children"]["db_replica"]["hosts"] == {"db3": {}, "db1": {}}
+    with pytest.raises(HastackError, match="all.children.db_replica must list web1"):
+        inventory.with_primary(data, "web1")
