@@ -1,8 +1,10 @@
-"""Faults to inject into the lab, each returning the moment it took effect.
+"""Faults to inject, each returning the moment it took effect.
 
-Machines share the host's kernel, so CLOCK_MONOTONIC inside a machine is the host's: a fault
+Services are killed, stopped and started on any Fleet (lab or real servers) over SSH. Lab
+machines share the host's kernel, so CLOCK_MONOTONIC inside a machine is the host's: a fault
 run over SSH reports its own time.monotonic(), and failover times are measured from the
-instant of the fault, not from when SSH happened to connect.
+instant of the fault, not from when SSH happened to connect. Pulling a plug or a cable needs
+the lab's own hands (power_*, cut_link, restore_link).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from pyroute2 import IPRoute
 
 from hastack.errors import HastackError
+from hastack.fleet import Fleet
 from hastack.lab.lab import Lab
 from hastack.lab.machine import host_veth
 
@@ -19,23 +22,28 @@ _STAMP_AND_RUN = ("python3 -c 'import subprocess,sys,time; t=time.monotonic(); "
                   "r=subprocess.run(sys.argv[1:]); print(t); sys.exit(r.returncode)' ")
 
 
-def remote_at(lab: Lab, machine: str, command: str) -> float:
-    """Run a command on a machine; return the monotonic time at which it started there."""
-    out = lab.run_checked(machine, _STAMP_AND_RUN + command, f"'{command}'")
-    return float(out.strip().splitlines()[-1])
+def remote_at(fleet: Fleet, machine: str, command: str) -> float:
+    """Run a command on a machine; return the monotonic time at which it started there.
+
+    Another machine's clock is not ours (real servers): then the time is ours just before
+    SSH, so a failover measured from it also counts the connection (an upper bound).
+    """
+    sent = time.monotonic()
+    out = fleet.run_checked(machine, _STAMP_AND_RUN + command, f"'{command}'")
+    return float(out.strip().splitlines()[-1]) if fleet.shares_clock else sent
 
 
-def kill_service(lab: Lab, machine: str, unit: str) -> float:
+def kill_service(fleet: Fleet, machine: str, unit: str) -> float:
     """SIGKILL every process of a systemd unit (a crash, not a clean stop)."""
-    return remote_at(lab, machine, f"systemctl kill --signal=KILL {unit}")
+    return remote_at(fleet, machine, f"systemctl kill --signal=KILL {unit}")
 
 
-def stop_service(lab: Lab, machine: str, unit: str) -> float:
-    return remote_at(lab, machine, f"systemctl stop {unit}")
+def stop_service(fleet: Fleet, machine: str, unit: str) -> float:
+    return remote_at(fleet, machine, f"systemctl stop {unit}")
 
 
-def start_service(lab: Lab, machine: str, unit: str) -> float:
-    return remote_at(lab, machine, f"systemctl start {unit}")
+def start_service(fleet: Fleet, machine: str, unit: str) -> float:
+    return remote_at(fleet, machine, f"systemctl start {unit}")
 
 
 def power_off(lab: Lab, machine: str) -> float:

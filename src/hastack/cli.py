@@ -15,10 +15,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from hastack import db, deploy, lb, topology
-from hastack import inventory as inventory_model
+from hastack import db, lb, topology
 from hastack import status as monitoring_status
 from hastack.errors import HastackError
+from hastack.fleet import Fleet, InventoryFleet
 from hastack.lab.lab import Lab, require_root
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -30,6 +30,19 @@ err = Console(stderr=True, soft_wrap=True)
 TopologyOpt = Annotated[Path | None, typer.Option(
     "-t", "--topology", help="topology file (TOML); default: ./hastack.toml if present, else "
                              "the running lab's topology, else the seed's")]
+
+
+InventoryOpt = Annotated[Path | None, typer.Option(
+    "-i", "--inventory", help="work on the servers of this Ansible inventory (default: the lab)")]
+SecretsOpt = Annotated[Path | None, typer.Option(
+    "--secrets-dir", help="the inventory's generated secrets (default: next to the inventory, "
+                          "in .hastack-secrets/<inventory name>/)")]
+
+
+def _fleet(inventory: Path | None, secrets_dir: Path | None = None) -> Fleet:
+    """The machines a command works on: an inventory's servers if one is given, else the
+    lab's."""
+    return InventoryFleet(inventory, secrets_dir) if inventory is not None else Lab()
 
 
 def _topology(path: Path | None, lab: Lab) -> topology.Topology:
@@ -91,39 +104,42 @@ def start(machines: Annotated[list[str], typer.Argument(help="machines to boot")
 def status(as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
            watch: Annotated[float | None, typer.Option(
                "--watch", help="refresh in place every N seconds (Ctrl-C stops)")] = None,
+           inventory: InventoryOpt = None, secrets_dir: SecretsOpt = None,
            ) -> None:
     """The site, its machines and what monitoring sees: daemons, VIPs, backends, databases,
-    firing alerts, traffic."""
-    lab = Lab()
+    firing alerts, traffic.
+
+    A machine's state is the lab's (running, stopped) or, for an inventory's servers, what
+    monitoring sees of it (up, down, unknown).
+    """
+    fleet = _fleet(inventory, secrets_dir)
     if watch is not None:
         if watch <= 0:
             raise HastackError("--watch takes a number of seconds above 0, e.g. --watch 2")
-        with Live(_status_view(lab), console=out, screen=False, auto_refresh=False) as live:
+        with Live(_status_view(fleet), console=out, screen=False, auto_refresh=False) as live:
             while True:
                 time.sleep(watch)
-                live.update(_status_view(lab), refresh=True)
-    info = _status_info(lab)
+                live.update(_status_view(fleet), refresh=True)
+    info = _status_info(fleet)
     if as_json:
         out.print_json(json.dumps(info)) if sys.stdout.isatty() else print(json.dumps(info))
         return
-    out.print(_status_view(lab, info))
+    out.print(_status_view(fleet, info))
 
 
-def _status_info(lab: Lab) -> dict:
-    info = lab.status()
-    if info["site"] is None:
-        raise HastackError("no lab is up (hastack up)")
-    topo = lab.require_topology()
-    return monitoring_status.merge(info, monitoring_status.collect(topo))
+def _status_info(fleet: Fleet) -> dict:
+    monitoring = monitoring_status.collect(fleet.require_topology())
+    return monitoring_status.merge(fleet.status(monitoring), monitoring)
 
 
-def _status_view(lab: Lab, info: dict | None = None) -> Group:
-    info = info or _status_info(lab)
+def _status_view(fleet: Fleet, info: dict | None = None) -> Group:
+    info = info or _status_info(fleet)
     site = info["site"]
     head = Text.from_markup(f"[bold]{site['domain']}[/bold]  VIPs {', '.join(site['vips'])}"
                             + (f"  DNS {site['dns']}" if site["dns"] else ""))
     table = Table("machine", "roles", "addresses", "state", "health", "daemons")
-    colours = {"running": "green", "ok": "green", "degraded": "yellow"}
+    colours = {"running": "green", "up": "green", "ok": "green", "degraded": "yellow",
+               "unknown": "yellow"}
     for m in info["machines"]:
         daemons = " ".join(f"{name}:{state}" for name, state in sorted(m["daemons"].items())
                            if state != "active") or "all active"
@@ -137,13 +153,15 @@ def _status_view(lab: Lab, info: dict | None = None) -> Group:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(machine: Annotated[str, typer.Argument(help="machine name, e.g. web1")],
         command: Annotated[list[str] | None, typer.Argument(help="command to run")] = None,
+        inventory: InventoryOpt = None,
         ) -> None:
-    """Open a shell on a lab machine, or run a command there (hastack ssh db1 -- mariadb).
+    """Open a shell on a machine, or run a command there (hastack ssh db1 -- mariadb).
 
     Several arguments run as exactly that argv, quoting kept; a single one is a shell line,
-    e.g. -- 'systemctl status nginx | head'.
+    e.g. -- 'systemctl status nginx | head'. With -i, the server is reached as Ansible
+    reaches it (and a command runs under sudo if the inventory says ansible_become).
     """
-    os.execvp("ssh", Lab().ssh_argv(machine, command))
+    os.execvp("ssh", _fleet(inventory).ssh_argv(machine, command))
 
 
 @app.command("deploy")
@@ -155,10 +173,7 @@ def deploy_cmd(inventory: Annotated[Path, typer.Option("-i", "--inventory",
                limit: Annotated[str | None, typer.Option(help="only these hosts/groups")] = None,
                ) -> None:
     """Deploy the stack to real servers listed in an inventory (same playbook as the lab)."""
-    inventory_model.check_file(inventory)
-    secrets = secrets_dir or inventory.resolve().parent / ".hastack-secrets" / inventory.stem
-    deploy.run(inventory, secrets, out, extra_vars={"hastack_environment": "servers"},
-               limit=limit)
+    InventoryFleet(inventory, secrets_dir).deploy(out, limit=limit)
 
 
 lb_app = typer.Typer(no_args_is_help=True, help="The load balancers' view of the web tier.")
@@ -168,43 +183,44 @@ app.add_typer(lb_app, name="lb")
 @lb_app.command("drain")
 def lb_drain(server: Annotated[str, typer.Argument(help="web server, e.g. web1")],
              wait: Annotated[float, typer.Option(help="seconds to wait for it to go idle")]
-             = 30.0) -> None:
+             = 30.0, inventory: InventoryOpt = None) -> None:
     """Stop sending new requests to a web server (on every LB); wait for it to go idle."""
-    took = lb.drain(Lab(), server, wait)
+    took = lb.drain(_fleet(inventory), server, wait)
     out.print(f"{server} drained on every load balancer ({took:.1f} s)")
 
 
 @lb_app.command("enable")
-def lb_enable(server: Annotated[str, typer.Argument(help="web server, e.g. web1")]) -> None:
+def lb_enable(server: Annotated[str, typer.Argument(help="web server, e.g. web1")],
+              inventory: InventoryOpt = None) -> None:
     """Put a drained web server back into rotation (on every LB)."""
-    lb.enable(Lab(), server)
+    lb.enable(_fleet(inventory), server)
     out.print(f"{server} enabled on every load balancer")
 
 
 @lb_app.command("status")
-def lb_status() -> None:
+def lb_status(inventory: InventoryOpt = None) -> None:
     """Each LB's view of each web server: state, health check, requests in flight."""
-    lab = Lab()
+    fleet = _fleet(inventory)
     table = Table("lb", "server", "status", "check", "in flight", "total requests")
-    for name in [m.name for m in lab.require_topology().with_role("loadbalancer")]:
-        for server, row in lb.server_stats(lab, name).items():
+    for name in [m.name for m in fleet.require_topology().with_role("loadbalancer")]:
+        for server, row in lb.server_stats(fleet, name).items():
             table.add_row(name, server, row["status"], row["check_status"], row["scur"],
                           row["stot"])
     out.print(table)
 
 
 @lb_app.command("bans")
-def lb_bans() -> None:
+def lb_bans(inventory: InventoryOpt = None) -> None:
     """Client addresses banned at the edge (fail2ban, shared by every LB)."""
-    for name, addresses in lb.bans(Lab()).items():
+    for name, addresses in lb.bans(_fleet(inventory)).items():
         out.print(f"{name}: {', '.join(addresses) or 'no bans'}")
 
 
 @lb_app.command("unban")
 def lb_unban(address: Annotated[str, typer.Argument(help="client address, e.g. 198.18.0.250")],
-             ) -> None:
+             inventory: InventoryOpt = None) -> None:
     """Let a banned client in again, on every load balancer."""
-    lb.unban(Lab(), address)
+    lb.unban(_fleet(inventory), address)
     out.print(f"{address} unbanned on every load balancer")
 
 
@@ -214,9 +230,9 @@ app.add_typer(db_app, name="db")
 
 @db_app.command("status")
 def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON array")] = False,
-              ) -> None:
+              inventory: InventoryOpt = None) -> None:
     """Each database node: role, GTID positions, replication threads, lag."""
-    nodes = db.status_dicts(Lab())
+    nodes = db.status_dicts(_fleet(inventory))
     if as_json:
         print(json.dumps(nodes))
         return
@@ -232,9 +248,13 @@ def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON arr
 
 @db_app.command("switchover")
 def db_switchover(target: Annotated[str, typer.Argument(help="replica to promote, e.g. db2")],
-                  ) -> None:
-    """Planned promotion of a replica to primary, losing no acknowledged write."""
-    timings = db.switchover(Lab(), target, out)
+                  inventory: InventoryOpt = None, secrets_dir: SecretsOpt = None) -> None:
+    """Planned promotion of a replica to primary, losing no acknowledged write.
+
+    The new roles are recorded (the lab's record, or the inventory file: db_primary and
+    db_replica swap) and deployed, as `hastack up` or `hastack deploy -i` would.
+    """
+    timings = db.switchover(_fleet(inventory, secrets_dir), target, out)
     out.print(f"switchover done: caught up {timings['caught_up_s']:.2f} s, promoted "
               f"{timings['promoted_s']:.2f} s, replicas repointed {timings['repointed_s']:.2f} s, "
               f"configs redeployed {timings['redeployed_s']:.1f} s after writes stopped")

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from hastack.errors import HastackError
-from hastack.lab.lab import Lab
+from hastack.fleet import Fleet
 from hastack.topology import Topology
 
 STATUS_SQL = (
@@ -39,20 +39,20 @@ class NodeStatus:
     error: str = ""
 
 
-def _sql(lab: Lab, node: str, sql: str, timeout: float = 30) -> str:
+def _sql(fleet: Fleet, node: str, sql: str, timeout: float = 30) -> str:
     """Run SQL as root on a node; the SQL goes on stdin (no password on a command line)."""
-    return lab.run_checked(node, "mariadb -B -N", "mariadb", timeout=timeout, stdin=sql)
+    return fleet.run_checked(node, "mariadb -B -N", "mariadb", timeout=timeout, stdin=sql)
 
 
 def _db_nodes(topo: Topology) -> list[str]:
     return [m.name for m in topo.machines if {"db-primary", "db-replica"} & set(m.roles)]
 
 
-def node_status(lab: Lab, topo: Topology, node: str) -> NodeStatus:
+def node_status(fleet: Fleet, topo: Topology, node: str) -> NodeStatus:
     m = topo.machine(node)
     st = NodeStatus(node, str(m.private_address), "down")
     try:
-        out = lab.run_on(node, "mariadb -B", timeout=10, stdin=STATUS_SQL)
+        out = fleet.run_on(node, "mariadb -B", timeout=10, stdin=STATUS_SQL)
     except Exception as exc:  # noqa: BLE001 - a node that cannot be asked is reported, not fatal
         st.error = str(exc)
         return st
@@ -83,16 +83,16 @@ def node_status(lab: Lab, topo: Topology, node: str) -> NodeStatus:
     return st
 
 
-def status(lab: Lab) -> list[NodeStatus]:
-    topo = lab.require_topology()
-    return [node_status(lab, topo, n) for n in _db_nodes(topo)]
+def status(fleet: Fleet) -> list[NodeStatus]:
+    topo = fleet.require_topology()
+    return [node_status(fleet, topo, n) for n in _db_nodes(topo)]
 
 
-def status_dicts(lab: Lab) -> list[dict[str, Any]]:
-    return [asdict(s) for s in status(lab)]
+def status_dicts(fleet: Fleet) -> list[dict[str, Any]]:
+    return [asdict(s) for s in status(fleet)]
 
 
-def switchover(lab: Lab, target: str, console: Console, catch_up_timeout: float = 30.0
+def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: float = 30.0
                ) -> dict[str, float]:
     """Planned promotion of a replica, losing no acknowledged write.
 
@@ -101,9 +101,10 @@ def switchover(lab: Lab, target: str, console: Console, catch_up_timeout: float 
     3. wait until the target has applied the primary's last GTID (MASTER_GTID_WAIT);
     4. promote: the target stops replicating and becomes writable;
     5. repoint the old primary and every other replica at it (GTID, slave_pos);
-    6. record the new roles in the lab and redeploy so configs agree (not in the outage).
+    6. record the new roles (the lab's record, or the inventory file) and redeploy so
+       configs agree (not in the outage); a fleet that could not record them refuses at 1.
     """
-    nodes = {s.name: s for s in status(lab)}
+    nodes = {s.name: s for s in status(fleet)}
     if target not in nodes:
         raise HastackError(f"'{target}' is not a database node; nodes: {', '.join(nodes)}")
     primaries = [s for s in nodes.values() if s.role == "primary"]
@@ -119,26 +120,27 @@ def switchover(lab: Lab, target: str, console: Console, catch_up_timeout: float 
     if new.io_running != "Yes" or new.sql_running != "Yes":
         raise HastackError(f"{target}'s replication is not running (IO {new.io_running}, "
                            f"SQL {new.sql_running}); fix it before a switchover")
-    repl_user, repl_password = _replication_credentials(lab)
+    fleet.check_set_primary(target)
+    repl_user, repl_password = _replication_credentials(fleet)
     timings: dict[str, float] = {}
     started = time.monotonic()
 
     console.print(f"switchover {old.name} -> {target}: stopping writes on {old.name}")
-    _sql(lab, old.name, "SET GLOBAL read_only=ON; FLUSH TABLES")
-    _persist_role(lab, old.name, primary=False)  # a reboot now must not make it writable
+    _sql(fleet, old.name, "SET GLOBAL read_only=ON; FLUSH TABLES")
+    _persist_role(fleet, old.name, primary=False)  # a reboot now must not make it writable
     timings["writes_stopped_at"] = started
-    final = _sql(lab, old.name, "SELECT @@gtid_binlog_pos").strip()
-    waited = _sql(lab, target, f"SELECT MASTER_GTID_WAIT('{final}', {catch_up_timeout})",
+    final = _sql(fleet, old.name, "SELECT @@gtid_binlog_pos").strip()
+    waited = _sql(fleet, target, f"SELECT MASTER_GTID_WAIT('{final}', {catch_up_timeout})",
                   timeout=catch_up_timeout + 15).strip()
     if waited != "0":
-        _sql(lab, old.name, "SET GLOBAL read_only=OFF")
-        _persist_role(lab, old.name, primary=True)
+        _sql(fleet, old.name, "SET GLOBAL read_only=OFF")
+        _persist_role(fleet, old.name, primary=True)
         raise HastackError(f"{target} did not reach {old.name}'s position {final} within "
                            f"{catch_up_timeout:.0f} s; writes re-enabled on {old.name}, "
                            "nothing changed")
     timings["caught_up_s"] = time.monotonic() - started
-    _sql(lab, target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only=OFF")
-    _persist_role(lab, target, primary=True)
+    _sql(fleet, target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only=OFF")
+    _persist_role(fleet, target, primary=True)
     timings["promoted_s"] = time.monotonic() - started
     console.print(f"{target} is the primary (writable {timings['promoted_s']:.2f} s after "
                   f"writes stopped, at GTID {final})")
@@ -146,14 +148,14 @@ def switchover(lab: Lab, target: str, console: Console, catch_up_timeout: float 
     change = (f"CHANGE MASTER TO MASTER_HOST='{new.address}', MASTER_PORT=3306, "
               f"MASTER_USER='{repl_user}', MASTER_PASSWORD='{repl_password}', "
               "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1")
-    _sql(lab, old.name, f"SET GLOBAL gtid_slave_pos=@@gtid_binlog_pos; {change}; START SLAVE")
+    _sql(fleet, old.name, f"SET GLOBAL gtid_slave_pos=@@gtid_binlog_pos; {change}; START SLAVE")
     for other in nodes.values():
         if other.name not in (old.name, target) and other.role == "replica":
-            _sql(lab, other.name, f"STOP SLAVE; {change}; START SLAVE")
+            _sql(fleet, other.name, f"STOP SLAVE; {change}; START SLAVE")
     timings["repointed_s"] = time.monotonic() - started
     console.print(f"replicas now follow {target}; recording the new roles and redeploying")
 
-    lab.set_primary(target, console)
+    fleet.set_primary(target, console)
     timings["redeployed_s"] = time.monotonic() - started
     timings.pop("writes_stopped_at")
     return timings
@@ -162,16 +164,17 @@ def switchover(lab: Lab, target: str, console: Console, catch_up_timeout: float 
 ROLE_FILE = "/etc/mysql/mariadb.conf.d/61-hastack-role.cnf"  # the database role's own file
 
 
-def _persist_role(lab: Lab, node: str, primary: bool) -> None:
+def _persist_role(fleet: Fleet, node: str, primary: bool) -> None:
     """Write the node's role where MariaDB reads it at start, as the deploy would."""
     content = (f"# managed by hastack: {'primary' if primary else 'replica'}\n[mariadbd]\n"
                f"read_only = {'OFF' if primary else 'ON'}\n")
-    lab.run_checked(node, f"cat > {ROLE_FILE}", f"writing {ROLE_FILE}", stdin=content)
+    fleet.run_checked(node, f"cat > {ROLE_FILE}", f"writing {ROLE_FILE}", stdin=content)
 
 
-def _replication_credentials(lab: Lab) -> tuple[str, str]:
-    secret = lab.secrets / "db_repl"
+def _replication_credentials(fleet: Fleet) -> tuple[str, str]:
+    secret = fleet.secrets / "db_repl"
     if not secret.exists():
-        raise HastackError(f"{secret} is missing; was the lab deployed?")
+        raise HastackError(f"{secret} is missing; was this environment deployed "
+                           "(or is --secrets-dir needed)?")
     # the password lookup stores "password salt=..." on one line
     return "repl", secret.read_text().split()[0]

@@ -6,6 +6,7 @@ variables (see docs/real-servers.md), and the same playbook deploys both.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,9 @@ import yaml
 
 from hastack.errors import HastackError
 from hastack.lab.machine import PRIVATE_IF, PUBLIC_IF
-from hastack.topology import Topology
+from hastack.topology import ROLE_GROUPS, Topology
 
-# topology role -> Ansible group
-GROUPS = {
-    "loadbalancer": "loadbalancer",
-    "dns": "dns",
-    "web": "web",
-    "app": "app",
-    "db-primary": "db_primary",
-    "db-replica": "db_replica",
-    "monitoring": "monitoring",
-}
+GROUPS = ROLE_GROUPS  # topology role -> Ansible group (topology.from_inventory reads them back)
 
 
 def build(topo: Topology, connection: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,10 +57,23 @@ REQUIRED_VARS = ("hastack_domain", "hastack_vips", "hastack_public_net", "hastac
                  "hastack_admin_address")
 
 
+def secrets_dir(inventory: Path) -> Path:
+    """Where an inventory's environment keeps its generated secrets (CA, passwords) by default:
+    next to the inventory, one directory per inventory file."""
+    return inventory.resolve().parent / ".hastack-secrets" / inventory.stem
+
+
+def _has_var_dirs(path: Path) -> bool:
+    """group_vars/ or host_vars/ beside the inventory: Ansible adds their variables, so the
+    file alone does not show them (topology.from_listing checks what Ansible resolves)."""
+    return any((path.parent / d).is_dir() for d in ("group_vars", "host_vars"))
+
+
 def check_file(path: Path) -> None:
     """Catch a user's inventory mistakes before Ansible connects anywhere.
 
-    Only YAML inventories are read (an INI or dynamic inventory is passed to Ansible as is).
+    Only YAML inventories are read (an INI or dynamic inventory is passed to Ansible as is);
+    variables are checked here only when no group_vars/host_vars directory may add them.
     """
     if not path.exists():
         raise HastackError(f"{path}: no such inventory file")
@@ -88,20 +93,29 @@ def check_file(path: Path) -> None:
         if not (children.get(group) or {}).get("hosts"):
             raise HastackError(f"{path}: group '{group}' has no hosts; every stack needs "
                                f"{', '.join(REQUIRED_GROUPS)} (see examples/servers.yml)")
+    # a host's variables: under all.hosts, or under the group that lists it
+    hostvars: dict[str, dict[str, Any]] = {}
+    for body in children.values():
+        for name, entry in ((body or {}).get("hosts") or {}).items():
+            if entry:
+                hostvars.setdefault(name, {}).update(entry)
+    for name, entry in hosts.items():
+        hostvars.setdefault(name, {}).update(entry or {})
     for group, body in children.items():
         for name in (body or {}).get("hosts") or {}:
-            if name not in hosts:
+            if name not in hostvars:
                 raise HastackError(f"{path}: host '{name}' of group '{group}' is not under "
                                    "all.hosts; define it there with its addresses")
-    for name, hv in hosts.items():
-        hv = hv or {}
+    if _has_var_dirs(path):
+        return
+    for name, hv in hostvars.items():
         for key in ("ansible_host", "hastack_private_address", "hastack_private_interface"):
             if key not in hv:
                 raise HastackError(f"{path}: all.hosts.{name}.{key} is missing")
     lbs = list(children["loadbalancer"].get("hosts") or {})
     for name in lbs + list((children.get("dns") or {}).get("hosts") or {}):
         for key in ("hastack_public_address", "hastack_public_interface"):
-            if key not in (hosts[name] or {}):
+            if key not in hostvars[name]:
                 raise HastackError(f"{path}: all.hosts.{name}.{key} is missing (load "
                                    "balancers and DNS sit on the public net)")
     for key in REQUIRED_VARS:
@@ -114,3 +128,21 @@ def check_file(path: Path) -> None:
     vrids = [v.get("vrid") for v in vips if isinstance(v, dict)]
     if len(set(vrids)) != len(vips) or None in vrids:
         raise HastackError(f"{path}: all.vars.hastack_vips: each VIP needs its own vrid")
+
+
+def with_primary(data: dict[str, Any], target: str) -> dict[str, Any]:
+    """A YAML inventory with `target` moved from db_replica to db_primary and the primary to
+    db_replica (what a switchover changes); each host keeps its entry's variables."""
+    data = copy.deepcopy(data)
+    children = (data.get("all") or {}).get("children") or {}
+    primary = (children.get("db_primary") or {}).get("hosts") or {}
+    replicas = (children.get("db_replica") or {}).get("hosts") or {}
+    if len(primary) != 1 or target not in replicas:
+        raise HastackError(f"cannot record {target} as the primary: the inventory's "
+                           "all.children.db_primary must list one host and "
+                           f"all.children.db_replica must list {target}")
+    new_replicas = {name: v for name, v in replicas.items() if name != target}
+    new_replicas.update(primary)
+    children["db_primary"]["hosts"] = {target: replicas[target]}
+    children["db_replica"]["hosts"] = new_replicas
+    return data

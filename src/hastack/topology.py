@@ -49,6 +49,18 @@ PRIMARY_OFFSET = 41
 VIP_OFFSET = 100
 VRID_BASE = 51
 
+# topology role -> Ansible group: inventory.build() writes these groups, from_inventory() reads
+# them back (a machine's roles are the role groups it belongs to).
+ROLE_GROUPS = {
+    "loadbalancer": "loadbalancer",
+    "dns": "dns",
+    "web": "web",
+    "app": "app",
+    "db-primary": "db_primary",
+    "db-replica": "db_replica",
+    "monitoring": "monitoring",
+}
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 
 TOP_KEYS = {"site", "networks", "counts", "vips", "machines"}
@@ -93,6 +105,9 @@ class Topology:
     # X-DB/X-DB-Role (internal addresses, roles) leave the edge for every client, not only
     # for trusted ones.
     debug_headers: bool = False
+    # The admin bastion's private address when it is not the private net's first address
+    # (real servers: hastack_admin_address); None in the lab, where it is derived.
+    admin_address: IPv4Address | None = None
 
     @property
     def host_public(self) -> IPv4Address:
@@ -102,7 +117,7 @@ class Topology:
     @property
     def host_private(self) -> IPv4Address:
         """The host's address on the private net: the admin bastion."""
-        return self.private_net.network_address + 1
+        return self.admin_address or self.private_net.network_address + 1
 
     def with_role(self, role: str) -> list[Machine]:
         return [m for m in self.machines if role in m.roles]
@@ -334,22 +349,22 @@ def _check_unique(c: _Checker, machines: list[Machine]) -> None:
             addrs[addr] = m.name
 
 
-def _check_roles(c: _Checker, machines: list[Machine]) -> None:
+def _check_roles(c: _Checker, machines: list[Machine], key: str = "machines") -> None:
     present = {r for m in machines for r in m.roles}
     for role, needs in DEPENDENCIES.items():
         for need in needs:
             if role in present and need not in present:
-                c.fail("machines", f"role '{role}' needs a machine with role '{need}'; add one")
+                c.fail(key, f"role '{role}' needs a machine with role '{need}'; add one")
     for role in ("loadbalancer", "web", "app", "db-primary"):
         if role not in present:
-            c.fail("machines", f"the site needs at least one machine with role '{role}'")
+            c.fail(key, f"the site needs at least one machine with role '{role}'")
     primaries = [m.name for m in machines if "db-primary" in m.roles]
     if len(primaries) > 1:
-        c.fail("machines", f"exactly one db-primary is allowed, found {', '.join(primaries)}")
+        c.fail(key, f"exactly one db-primary is allowed, found {', '.join(primaries)}")
     for role, most in (("dns", 1), ("monitoring", 2)):
         holders = [m.name for m in machines if role in m.roles]
         if len(holders) > most:
-            c.fail("machines", f"at most {'one machine' if most == 1 else f'{most} machines'} "
+            c.fail(key, f"at most {'one machine' if most == 1 else f'{most} machines'} "
                                f"may have role '{role}', found {', '.join(holders)}")
 
 
@@ -381,4 +396,217 @@ def _vips(c: _Checker, raw: Any, lb_count: int, public: IPv4Network,
             if v.vrid == vrid:
                 c.fail(f"{key}.vrid", f"duplicate virtual router id {vrid}; each VIP needs its own")
         vips.append(Vip(addr, vrid))
+    return vips
+
+
+# ---- inventories: the model of servers someone else made ----------------------------------
+#
+# Real servers are described by an Ansible inventory, not a topology file. Both shapes an
+# inventory reaches us in (the YAML that inventory.build() writes, and the JSON of
+# `ansible-inventory --list`, which has group_vars resolved) are reduced to the same three
+# things -- each host's variables, each group's members, the site's variables -- and one
+# function makes the Topology from those. Addresses are the servers' own: no lab-space checks.
+
+SITE_VARS = ("hastack_domain", "hastack_aliases", "hastack_vips", "hastack_public_net",
+             "hastack_private_net", "hastack_admin_address", "hastack_debug_headers")
+REQUIRED_GROUPS = ("loadbalancer", "web", "app", "db_primary")
+PUBLIC_GROUPS = ("loadbalancer", "dns")  # must have a public address (check_file agrees)
+
+
+def from_inventory(data: Any, source: str) -> Topology:
+    """A YAML inventory (all: vars/hosts/children) -> Topology."""
+    c = _Checker(source)
+    root = data.get("all") if isinstance(data, dict) else None
+    if not isinstance(root, dict):
+        c.fail("all", "expected a top-level 'all:' with vars, hosts and children")
+    hostvars: dict[str, dict[str, Any]] = {}
+    direct: dict[str, list[str]] = {}
+    children: dict[str, list[str]] = {}
+    _walk_group(c, "all", root, hostvars, direct, children)
+    site = root.get("vars") or {}
+    if not isinstance(site, dict):
+        c.fail("all.vars", "must be a mapping of variables")
+    return _from_parts(c, hostvars, _resolve(direct, children), site)
+
+
+def from_listing(listing: Any, source: str) -> Topology:
+    """The JSON of `ansible-inventory -i PATH --list` -> Topology.
+
+    Variables arrive merged into each host (group_vars included); the site's variables must
+    then agree on every machine of the stack.
+    """
+    c = _Checker(source)
+    if not isinstance(listing, dict):
+        c.fail("all", "ansible-inventory listed no groups")
+    hostvars = (listing.get("_meta") or {}).get("hostvars") or {}
+    direct: dict[str, list[str]] = {}
+    children: dict[str, list[str]] = {}
+    for group, body in listing.items():
+        if group != "_meta" and isinstance(body, dict):
+            direct[group] = [str(h) for h in body.get("hosts") or []]
+            children[group] = [str(g) for g in body.get("children") or []]
+    members = _resolve(direct, children)
+    # the inventory's own order (groups and their hosts as written; hostvars come sorted)
+    hosts = {name: dict(hostvars.get(name) or {}) for name in members.get("all", [])}
+    for name, variables in hostvars.items():
+        hosts.setdefault(str(name), dict(variables or {}))
+    common = (listing.get("all") or {}).get("vars") or {}
+    stack = {h for g in ROLE_GROUPS.values() for h in members.get(g, [])}
+    site: dict[str, Any] = {}
+    for key in SITE_VARS:
+        values = {repr(hosts[n].get(key, common.get(key))): n for n in sorted(stack)}
+        if len(values) > 1:
+            c.fail(f"all.vars.{key}", f"hosts disagree ({', '.join(sorted(values.values()))} "
+                                      "differ); set it once, in all.vars")
+        value = hosts[min(stack)].get(key, common.get(key)) if stack else common.get(key)
+        if value is not None:
+            site[key] = value
+    return _from_parts(c, hosts, members, site)
+
+
+def _walk_group(c: _Checker, name: str, body: Any, hostvars: dict[str, dict[str, Any]],
+                direct: dict[str, list[str]], children: dict[str, list[str]]) -> None:
+    """One YAML group and its nested groups: hosts' variables merge, members are recorded."""
+    key = "all" if name == "all" else f"all.children.{name}"
+    body = body or {}
+    if not isinstance(body, dict):
+        c.fail(key, "must be a mapping with hosts, children or vars")
+    hosts = body.get("hosts") or {}
+    if not isinstance(hosts, dict):
+        c.fail(f"{key}.hosts", "must be a mapping of host names to their variables")
+    members = direct.setdefault(name, [])
+    for host, variables in hosts.items():
+        host_key = f"all.hosts.{host}"
+        if not isinstance(host, str) or not host:
+            c.fail(f"{key}.hosts", f"'{host}' is not a host name")
+        if variables is not None and not isinstance(variables, dict):
+            c.fail(host_key, "must be a mapping of variables")
+        hostvars.setdefault(host, {}).update(variables or {})
+        if host not in members:
+            members.append(host)
+    kids = body.get("children") or {}
+    if not isinstance(kids, dict):
+        c.fail(f"{key}.children", "must be a mapping of group names")
+    for child, child_body in kids.items():
+        children.setdefault(name, []).append(str(child))
+        _walk_group(c, str(child), child_body, hostvars, direct, children)
+
+
+def _resolve(direct: dict[str, list[str]], children: dict[str, list[str]]
+             ) -> dict[str, list[str]]:
+    """Each group's hosts, including those of its child groups (database = db_primary +
+    db_replica), in the order first seen."""
+    def members(group: str, seen: frozenset[str]) -> list[str]:
+        found = list(direct.get(group, []))
+        for child in children.get(group, []):
+            if child not in seen:
+                found += [h for h in members(child, seen | {group}) if h not in found]
+        return found
+    return {g: members(g, frozenset()) for g in {*direct, *children}}
+
+
+def _from_parts(c: _Checker, hostvars: dict[str, dict[str, Any]],
+                members: dict[str, list[str]], site: dict[str, Any]) -> Topology:
+    for group in REQUIRED_GROUPS:
+        if not members.get(group):
+            c.fail(f"all.children.{group}", f"has no hosts; every stack needs "
+                                            f"{', '.join(REQUIRED_GROUPS)}")
+    machines: list[Machine] = []
+    owner: dict[IPv4Address, str] = {}
+    for name, hv in hostvars.items():
+        roles = tuple(r for r, g in ROLE_GROUPS.items() if name in members.get(g, ()))
+        if not roles:
+            continue  # a host of the inventory that hastack does not run (a bastion, say)
+        key = f"all.hosts.{name}"
+        if "db-primary" in roles and "db-replica" in roles:
+            c.fail(key, "is in both db_primary and db_replica; a node is one or the other")
+        private = _inventory_address(c, f"{key}.hastack_private_address",
+                                     hv.get("hastack_private_address"), required=True)
+        public_needed = any(name in members.get(g, ()) for g in PUBLIC_GROUPS)
+        public = _inventory_address(c, f"{key}.hastack_public_address",
+                                    hv.get("hastack_public_address"), required=public_needed,
+                                    why=" (load balancers and DNS sit on the public net)")
+        for address in {private, public} - {None}:
+            if address in owner:
+                c.fail(key, f"address {address} is already used by {owner[address]}; "
+                            "give each machine its own")
+            owner[address] = name
+        machines.append(Machine(name, roles, private, public))
+    _check_roles(c, machines, "all.children")
+
+    domain = c.string("all.vars.hastack_domain", _required(c, site, "hastack_domain"))
+    aliases_raw = site.get("hastack_aliases", [])
+    if not isinstance(aliases_raw, list):
+        c.fail("all.vars.hastack_aliases", "must be a list of domain names")
+    aliases = tuple(c.string(f"all.vars.hastack_aliases[{i}]", a)
+                    for i, a in enumerate(aliases_raw))
+    debug_headers = site.get("hastack_debug_headers", False)
+    if not isinstance(debug_headers, bool):
+        c.fail("all.vars.hastack_debug_headers", "must be true or false")
+    public_net = _inventory_network(c, "hastack_public_net", site)
+    private_net = _inventory_network(c, "hastack_private_net", site)
+    admin = _inventory_address(c, "all.vars.hastack_admin_address",
+                               site.get("hastack_admin_address"), required=True)
+    lbs = [m for m in machines if "loadbalancer" in m.roles]
+    vips = _inventory_vips(c, site.get("hastack_vips"), len(lbs), owner)
+    derived_admin = private_net.network_address + 1
+    return Topology(domain, aliases, public_net, private_net, tuple(machines), tuple(vips),
+                    c.source, debug_headers, None if admin == derived_admin else admin)
+
+
+def _required(c: _Checker, site: dict[str, Any], key: str) -> Any:
+    if site.get(key) is None:
+        c.fail(f"all.vars.{key}", "is missing")
+    return site[key]
+
+
+def _inventory_address(c: _Checker, key: str, value: Any, required: bool,
+                       why: str = "") -> IPv4Address | None:
+    if value is None:
+        if required:
+            c.fail(key, f"is missing{why}")
+        return None
+    try:
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        c.fail(key, f"'{value}' is not an IPv4 address")
+    if not isinstance(address, IPv4Address):
+        c.fail(key, f"'{value}' is not an IPv4 address")
+    return address
+
+
+def _inventory_network(c: _Checker, name: str, site: dict[str, Any]) -> IPv4Network:
+    key = f"all.vars.{name}"
+    value = c.string(key, _required(c, site, name))
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        c.fail(key, f"'{value}' is not a network like 192.0.2.0/24 ({exc})")
+    if not isinstance(net, IPv4Network):
+        c.fail(key, f"'{value}' is not an IPv4 network")
+    return net
+
+
+def _inventory_vips(c: _Checker, raw: Any, lb_count: int,
+                    taken: dict[IPv4Address, str]) -> list[Vip]:
+    key = "all.vars.hastack_vips"
+    if not isinstance(raw, list) or len(raw) != lb_count:
+        c.fail(key, f"must list one VIP (address, vrid) per load balancer: {lb_count} "
+                    "load balancers")
+    vips: list[Vip] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            c.fail(f"{key}[{i}]", "must be a mapping with address and vrid")
+        address = _inventory_address(c, f"{key}[{i}].address", item.get("address"), True)
+        assert address is not None
+        if address in taken:
+            c.fail(f"{key}[{i}].address", f"{address} is the address of machine "
+                                          f"{taken[address]}; a VIP must be an unused address")
+        vrid = c.integer(f"{key}[{i}].vrid", item.get("vrid"), 1, 255)
+        if any(v.address == address for v in vips):
+            c.fail(f"{key}[{i}].address", f"duplicate virtual IP {address}")
+        if any(v.vrid == vrid for v in vips):
+            c.fail(f"{key}[{i}].vrid", f"duplicate virtual router id {vrid}; each VIP needs "
+                                       "its own")
+        vips.append(Vip(address, vrid))
     return vips

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -24,22 +23,10 @@ from rich.console import Console
 
 from hastack import deploy, inventory, paths, pki, siteclient, topology, ui, wheelhouse
 from hastack.errors import HastackError
+from hastack.fleet import Fleet, remote_command
 from hastack.lab import image, network
 from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools, stop_machines
 from hastack.topology import Topology
-
-
-def remote_command(command: str | Sequence[str]) -> str:
-    """The command line to give ssh for a command on a machine.
-
-    ssh joins its arguments with spaces and the remote shell splits them again, so an argv of
-    several words is quoted to arrive as it is. One string is a shell line, sent unchanged
-    (pipes, `;` and $VARS keep working).
-    """
-    if isinstance(command, str):
-        return command
-    args = list(command)
-    return args[0] if len(args) == 1 else shlex.join(args)
 
 
 def require_root(what: str) -> None:
@@ -48,7 +35,21 @@ def require_root(what: str) -> None:
                            "containers); run it with sudo")
 
 
-class Lab:
+__all__ = ["Lab", "remote_command", "require_root", "wait_site"]
+
+
+class Lab(Fleet):
+    """The lab's machines: it makes them (up/stop/start/down) and is the Fleet that reaches
+    them.
+
+    A subclass rather than a wrapper: the lab already is the one place that knows its
+    machines' topology (lab.json), SSH key and known hosts, so wrapping it would only forward
+    every call; and scripts (bench/, tests) keep calling lab.run_on and friends unchanged.
+    Operations themselves (db, lb, status, chaos) live outside and see only a Fleet.
+    """
+
+    shares_clock = True  # nspawn machines run on the host's kernel
+
     def __init__(self, root: Path | None = None):
         self.dir = root or paths.lab_dir()
         self.state_file = self.dir / "lab.json"
@@ -186,22 +187,6 @@ class Lab:
         argv = ["ssh", *self.ssh_options(), f"root@{m.private_address}"]
         return [*argv, "--", remote_command(command)] if command else argv
 
-    def run_on(self, machine: str, command: str | Sequence[str], timeout: float = 60,
-               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command on a lab machine over SSH (as the admin bastion): a shell line, or an
-        argv that arrives word for word."""
-        return subprocess.run(self.ssh_argv(machine, command), capture_output=True, text=True,
-                              timeout=timeout, input=stdin if stdin is not None else "")
-
-    def run_checked(self, machine: str, command: str | Sequence[str], what: str,
-                    timeout: float = 60, stdin: str | None = None) -> str:
-        """run_on, raising one clear error if the command fails; returns its stdout."""
-        result = self.run_on(machine, command, timeout=timeout, stdin=stdin)
-        if result.returncode != 0:
-            detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise HastackError(f"{machine}: {what} failed: {detail}")
-        return result.stdout
-
     def _write_inventory(self, topo: Topology) -> None:
         connection = {
             "ansible_user": "root",
@@ -281,34 +266,14 @@ class Lab:
         image.prune_unused()  # no machine is left on an older image
 
     # ---- status --------------------------------------------------------------------------
-    def ca_cert(self) -> Path:
-        """The CA a client passes to verify the site (`curl --cacert`)."""
-        return pki.ca_cert_path(self.secrets)
+    def machine_state(self, name: str, monitoring: dict[str, Any]) -> str:
+        """The machine's container: running or stopped (what the lab itself knows)."""
+        return "running" if self.machine(name).running() else "stopped"
 
-    def status(self) -> dict[str, Any]:
-        topo = self.topology()
-        if topo is None:
+    def status(self, monitoring: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self.topology() is None:
             return {"site": None, "machines": [], "lab": "down"}
-        machines = []
-        for lm in self.machines(topo):
-            m = lm.machine
-            machines.append({"name": m.name, "roles": list(m.roles), "addresses": m.addresses,
-                             "state": "running" if lm.running() else "stopped"})
-        dns = topo.with_role("dns")
-        ca = self.ca_cert()
-        return {
-            "site": {
-                "domain": topo.domain,
-                "aliases": list(topo.aliases),
-                "vips": [str(v.address) for v in topo.vips],
-                "dns": str(dns[0].public_address) if dns else None,
-                "ca_cert": str(ca) if ca.exists() else None,
-                "url": f"https://{topo.domain}/",
-            },
-            "lab": "up",
-            "inventory": str(self.inventory),
-            "machines": machines,
-        }
+        return {**super().status(monitoring), "lab": "up"}
 
 
 def _keep_current_primary(previous: Topology, topo: Topology, console: Console) -> Topology:

@@ -1,0 +1,218 @@
+"""One interface to machines, so operations (db, lb, status, chaos) work on any of them.
+
+The lab is one way to get machines, an inventory of real servers the other. Both are a Fleet:
+operations ask it for the topology, run commands on machines over SSH, and (after a database
+switchover) ask it to record the new primary and redeploy. What only a lab knows -- a
+machine's nspawn state, pulling its plug, unplugging its cable -- stays on Lab.
+
+Commands are built as argv lists (Kamal's way): `ssh_argv` is pure and tested string by
+string; `run_on` only executes what it built.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from hastack import deploy, inventory, pki, topology
+from hastack.errors import HastackError
+from hastack.topology import Topology
+
+Command = str | Sequence[str]
+
+
+def remote_command(command: Command) -> str:
+    """The command line to give ssh for a command on a machine.
+
+    ssh joins its arguments with spaces and the remote shell splits them again, so an argv of
+    several words is quoted to arrive as it is. One string is a shell line, sent unchanged
+    (pipes, `;` and $VARS keep working).
+    """
+    if isinstance(command, str):
+        return command
+    args = list(command)
+    return args[0] if len(args) == 1 else shlex.join(args)
+
+
+class Fleet(ABC):
+    """Machines hastack operates, whoever made them."""
+
+    inventory: Path  # the Ansible inventory a deploy of these machines uses
+    secrets: Path    # this environment's generated secrets (CA, database passwords)
+    # True when a machine's CLOCK_MONOTONIC is the controller's (lab machines share its
+    # kernel), so a time measured there can be compared with one measured here.
+    shares_clock = False
+
+    @abstractmethod
+    def require_topology(self) -> Topology:
+        """The machines, their roles and addresses; a clear error if there are none."""
+
+    @abstractmethod
+    def ssh_argv(self, machine: str, command: Command | None = None) -> list[str]:
+        """ssh to a machine, running `command` (see remote_command) or a login shell."""
+
+    @abstractmethod
+    def set_primary(self, name: str, console: Console) -> None:
+        """Record that `name` is now the database primary and redeploy, so every config
+        (site, replicas, monitoring) agrees with the servers."""
+
+    def check_set_primary(self, name: str) -> None:
+        """Refuse now, before a switchover changes anything, if set_primary could not
+        record `name` afterwards. Any fleet that writes its own record can."""
+        return None
+
+    @abstractmethod
+    def machine_state(self, name: str, monitoring: dict[str, Any]) -> str:
+        """One word for `hastack status`'s `state` of a machine."""
+
+    def ca_cert(self) -> Path:
+        """The CA a client passes to verify the site (`curl --cacert`)."""
+        return pki.ca_cert_path(self.secrets)
+
+    def run_on(self, machine: str, command: Command, timeout: float = 60,
+               stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command on a machine over SSH: a shell line, or an argv that arrives word
+        for word."""
+        return subprocess.run(self.ssh_argv(machine, command), capture_output=True, text=True,
+                              timeout=timeout, input=stdin if stdin is not None else "")
+
+    def run_checked(self, machine: str, command: Command, what: str, timeout: float = 60,
+                    stdin: str | None = None) -> str:
+        """run_on, raising one clear error if the command fails; returns its stdout."""
+        result = self.run_on(machine, command, timeout=timeout, stdin=stdin)
+        if result.returncode != 0:
+            detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise HastackError(f"{machine}: {what} failed: {detail}")
+        return result.stdout
+
+    def status(self, monitoring: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`hastack status --json`'s contract keys (site, machines); `monitoring` is what
+        status.collect() returned, for states that come from it."""
+        topo = self.require_topology()
+        dns = topo.with_role("dns")
+        ca = self.ca_cert()
+        machines = [{"name": m.name, "roles": list(m.roles), "addresses": m.addresses,
+                     "state": self.machine_state(m.name, monitoring or {})}
+                    for m in topo.machines]
+        return {
+            "site": {
+                "domain": topo.domain,
+                "aliases": list(topo.aliases),
+                "vips": [str(v.address) for v in topo.vips],
+                "dns": str(dns[0].public_address) if dns else None,
+                "ca_cert": str(ca) if ca.exists() else None,
+                "url": f"https://{topo.domain}/",
+            },
+            "inventory": str(self.inventory),
+            "machines": machines,
+        }
+
+
+# ---- real servers -----------------------------------------------------------------------
+
+SSH_DEFAULTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]
+NODE_STATES = {True: "up", False: "down", None: "unknown"}
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("yes", "true", "1", "on")
+
+
+def server_ssh_argv(name: str, hostvars: dict[str, Any], command: Command | None = None
+                    ) -> list[str]:
+    """ssh to a server the way Ansible reaches it: ansible_host/_port/_user, the private key
+    file and ansible_ssh_common_args; hastack's defaults come after, so the user's options
+    win (ssh keeps the first value of each). With ansible_become and a user other than root,
+    a command runs under `sudo -n` (operations need root, as the playbook's tasks do)."""
+    argv = ["ssh"]
+    if hostvars.get("ansible_port") is not None:
+        argv += ["-p", str(hostvars["ansible_port"])]
+    if hostvars.get("ansible_ssh_private_key_file"):
+        argv += ["-i", str(Path(str(hostvars["ansible_ssh_private_key_file"])).expanduser())]
+    argv += shlex.split(str(hostvars.get("ansible_ssh_common_args") or ""))
+    argv += SSH_DEFAULTS
+    user = hostvars.get("ansible_user")
+    host = str(hostvars.get("ansible_host") or name)
+    argv.append(f"{user}@{host}" if user else host)
+    if not command:
+        return argv
+    line = remote_command(command)
+    if _truthy(hostvars.get("ansible_become")) and user != "root":
+        line = f"sudo -n -- sh -c {shlex.quote(line)}"
+    return [*argv, "--", line]
+
+
+class InventoryFleet(Fleet):
+    """Servers listed in an Ansible inventory, reached over SSH as Ansible reaches them.
+
+    The inventory is read through `ansible-inventory --list`, so group_vars, host_vars and
+    INI or dynamic inventories all count; it is read once, when first needed.
+    """
+
+    def __init__(self, path: Path, secrets: Path | None = None):
+        inventory.check_file(path)
+        self.inventory = path
+        self.secrets = secrets or inventory.secrets_dir(path)
+        self._listing: dict[str, Any] | None = None
+
+    def listing(self) -> dict[str, Any]:
+        if self._listing is None:
+            self._listing = deploy.list_inventory(self.inventory)
+        return self._listing
+
+    def require_topology(self) -> Topology:
+        return topology.from_listing(self.listing(), str(self.inventory))
+
+    def hostvars(self, machine: str) -> dict[str, Any]:
+        self.require_topology().machine(machine)  # a clear error for an unknown name
+        return dict(((self.listing().get("_meta") or {}).get("hostvars") or {}).get(machine)
+                    or {})
+
+    def ssh_argv(self, machine: str, command: Command | None = None) -> list[str]:
+        return server_ssh_argv(machine, self.hostvars(machine), command)
+
+    def machine_state(self, name: str, monitoring: dict[str, Any]) -> str:
+        """What monitoring says of the machine: node-exporter scraped (up), failing (down),
+        or not known (no monitoring, or not scraped yet). hastack did not make these
+        machines, so it has no power state of its own to report."""
+        seen = (monitoring.get("machines") or {}).get(name) or {}
+        return NODE_STATES[(seen.get("scrapes") or {}).get("node")]
+
+    def deploy(self, console: Console, limit: str | None = None) -> dict[str, Any]:
+        """The real-server deploy (`hastack deploy -i`): the lab's playbook, this inventory."""
+        return deploy.run(self.inventory, self.secrets, console,
+                          extra_vars={"hastack_environment": "servers"}, limit=limit)
+
+    def _with_primary(self, name: str) -> dict[str, Any]:
+        if self.inventory.suffix not in (".yml", ".yaml"):
+            raise HastackError(f"{self.inventory}: hastack records a new primary only in a "
+                               f"YAML inventory; move {name} to db_primary in yours and run "
+                               "'hastack deploy -i' after the switchover")
+        try:
+            return inventory.with_primary(yaml.safe_load(self.inventory.read_text()), name)
+        except HastackError as exc:
+            raise HastackError(f"{self.inventory}: {exc}") from None
+
+    def check_set_primary(self, name: str) -> None:
+        self._with_primary(name)
+
+    def set_primary(self, name: str, console: Console) -> None:
+        """Move `name` to db_primary in the inventory file itself (it is the record of roles,
+        as lab.json is the lab's; comments are not kept, the old file stays beside it), then
+        deploy it."""
+        data = self._with_primary(name)
+        backup = self.inventory.with_name(self.inventory.name + ".before-switchover")
+        shutil.copy2(self.inventory, backup)
+        self.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        console.print(f"{self.inventory}: {name} is in db_primary now (previous file: "
+                      f"{backup})")
+        self._listing = None
+        self.deploy(console)
