@@ -34,12 +34,7 @@ from typing import Any
 
 from hastack import status, statusplots
 from hastack.errors import HastackError
-from hastack.topology import Topology
-
-try:
-    from hastack.topology import from_inventory
-except ImportError:  # TEMP(from_inventory): until branch fleet lands; drop with the stub
-    from hastack.temp_from_inventory import from_inventory
+from hastack.topology import Topology, from_inventory
 
 REFRESH_SECONDS = 30
 # One operator reloading, or several: Prometheus is asked at most this often.

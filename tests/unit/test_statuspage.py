@@ -178,6 +178,5 @@ print(sorted(m for m in sys.modules if m.split('.')[0] == 'hastack'))
     assert result.returncode == 0, result.stderr
     used = set(json.loads(result.stdout.replace("'", '"')))
     allowed = {"hastack", "hastack.errors", "hastack.status", "hastack.topology",
-               "hastack.statuspage", "hastack.statusplots",
-               "hastack.temp_from_inventory"}  # TEMP(from_inventory)
+               "hastack.statuspage", "hastack.statusplots"}
     assert {"hastack.statuspage", "hastack.status"} <= used <= allowed, used
