@@ -28,6 +28,7 @@ bench: deps
 	$(HASTACK) up
 	$(VENV)/bin/python bench/lb_faults.py
 	$(VENV)/bin/python bench/db_tier.py
+	$(VENV)/bin/python bench/monitoring_detection.py
 
 deps: $(VENV)/.synced
 	@scripts/host-deps.sh
