@@ -30,6 +30,13 @@ def _kind(r: dict[str, Any], kind: str) -> str:
     return "–" if not row else f"{row['ok']}/{row['failed']}"
 
 
+def _by_detection(data: dict[str, Any]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in data["faults"]:
+        out.setdefault(r["detection_measured_by"], []).append(r["fault"])
+    return out
+
+
 def markdown(data: dict[str, Any], pngs: dict[str, str]) -> str:
     load, audit = data["load"], data["audit"]
     lines = [
@@ -63,9 +70,8 @@ def markdown(data: dict[str, Any], pngs: dict[str, str]) -> str:
         "expect: `all` no request may fail; `reads` no read may fail (writes may be refused "
         "while there is no primary); `bounded` failures are measured, not gated.",
         "",
-        "Detection is measured per fault as: " + "; ".join(sorted({
-            f"{r['fault'].split('-', 1)[1]}: {r['detection_measured_by']}"
-            for r in data["faults"]})) + ".",
+        "Detection is measured as: " + "; ".join(
+            f"{how} ({', '.join(names)})" for how, names in _by_detection(data).items()) + ".",
         "Restored: end of the first success after the last failure. Healthy after heal: "
         "until every machine is `ok` in `hastack status`, every web server UP on every LB, "
         "replication running and each VIP on its master.",
