@@ -14,42 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import httpx
-
-from hastack import chaos, lb, siteclient
+from hastack import chaos
+from hastack.chaos import detect, health
 from hastack.lab.lab import Lab
 from hastack.loadgen import BackgroundLoad, LoadResult
 
 
-def _lb_of(vip: str, domain: str, ca: Path) -> str:
-    try:
-        return siteclient.get(vip, domain, "/healthz", ca, timeout=1.0).headers.get("x-lb", "")
-    except httpx.HTTPError:
-        return ""
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"lab did not settle: {what} after {timeout:.0f} s")
-        time.sleep(0.1)
-
-
 def settle(lab: Lab) -> None:
+    """Each VIP on its master and every web server UP on every LB (the checks chaos waits
+    for between faults, hastack.chaos.health)."""
     topo = lab.require_topology()
-    vips = [str(v.address) for v in topo.vips]
-    lbs = [m.name for m in topo.with_role("loadbalancer")]
-    _wait(lambda: [_lb_of(v, topo.domain, lab.ca_cert()) for v in vips] == lbs[:len(vips)], 90,
-          "each VIP on its master")
-    _wait(lambda: all(not r["status"].startswith("DOWN")
-                      for name in lbs for r in lb.server_stats(lab, name).values()), 30,
-          "every web server UP")
+    deadline = time.monotonic() + 90
+    while found := health.vip_problems(lab, topo) + health.backend_problems(lab, topo):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"lab did not settle after 90 s: {'; '.join(found)}")
+        time.sleep(0.1)
 
 
 def under_load(lab: Lab, inject: Callable[[], float], rate: float, seconds: float,
@@ -77,29 +59,17 @@ def web_fault(lab: Lab, name: str, server: str, inject: Callable[[], float],
               repair: Callable[[], object], rate: float, seconds: float
               ) -> dict[str, float | int | str]:
     settle(lab)
-    lbs = [m.name for m in lab.require_topology().with_role("loadbalancer")]
-    down_at: dict[str, float] = {}
-
-    def watch() -> None:
-        deadline = time.monotonic() + seconds + 5
-        while len(down_at) < len(lbs) and time.monotonic() < deadline:
-            for name_ in lbs:
-                if name_ not in down_at and lb.server_stats(lab, name_)[server]["status"] \
-                        .startswith("DOWN"):
-                    down_at[name_] = time.monotonic()
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
+    topo = lab.require_topology()
+    watcher = detect.Watcher(detect.backend_down(lab, topo, server), 0.05)
 
     def inject_and_watch() -> float:
         watcher.start()
         return inject()
 
     result, t_fault = under_load(lab, inject_and_watch, rate, seconds, "x-served-by")
-    watcher.join()
+    down = watcher.stop()  # every LB marked it DOWN at `down`
     repair()
-    out = max(down_at.values()) - t_fault if len(down_at) == len(lbs) else None
-    return _figures(name, result, out)
+    return _figures(name, result, None if down is None else down - t_fault)
 
 
 def _figures(name: str, result: LoadResult, failover: float | None

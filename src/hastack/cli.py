@@ -17,6 +17,9 @@ from rich.text import Text
 
 from hastack import db, lb, topology
 from hastack import status as monitoring_status
+from hastack.chaos import catalog as chaos_catalog
+from hastack.chaos import report as chaos_report
+from hastack.chaos import run as chaos_run
 from hastack.errors import HastackError
 from hastack.fleet import Fleet, InventoryFleet
 from hastack.lab.lab import Lab, require_root
@@ -260,6 +263,60 @@ def db_switchover(target: Annotated[str, typer.Argument(help="replica to promote
               f"configs redeployed {timings['redeployed_s']:.1f} s after writes stopped")
 
 
+@app.command()
+def chaos(faults: Annotated[str | None, typer.Option(
+              "--faults", help="comma-separated faults, e.g. web1-nginx-killed,db2-power-off "
+                               "(default: all of them; --list shows them)")] = None,
+          rate: Annotated[float, typer.Option(
+              help="requests/s of the steady load, at most 100")] = 30.0,
+          fault_seconds: Annotated[float, typer.Option(
+              help="how long each fault is held, 1..120 s")] = 10.0,
+          report: Annotated[Path, typer.Option(help="directory of the report")]
+          = Path("docs/chaos"),
+          as_json: Annotated[bool, typer.Option("--json", help="print the report's JSON")]
+          = False,
+          list_faults: Annotated[bool, typer.Option("--list", help="list the faults and "
+                                                                   "exit")] = False,
+          inventory: InventoryOpt = None, secrets_dir: SecretsOpt = None,
+          ) -> None:
+    """Inject faults one at a time under a steady load of reads and writes; report what
+    clients saw and check that every acknowledged write is on every DB node exactly once.
+
+    Exits non-zero if a write was lost or applied twice, or a request failed where the
+    design promises none (reads during a DB fault; every request during a web, app or
+    monitoring fault).
+    """
+    fleet = _fleet(inventory, secrets_dir)
+    if list_faults:
+        for fault in chaos_catalog.catalog(fleet.require_topology()).values():
+            lab_only = " (lab only)" if fault.physical else ""
+            out.print(f"{fault.name:28} {fault.expect:8} {fault.describe()}{lab_only}",
+                      highlight=False)
+        return
+    names = [n for n in faults.split(",") if n.strip()] if faults is not None else None
+    if names == []:
+        raise HastackError("--faults is empty; name at least one fault (see --list)")
+    plan = chaos_run.prepare(fleet, names, rate, fault_seconds)
+    progress = (lambda line: None) if as_json else (lambda line: out.print(line,
+                                                                          highlight=False))
+    command = "hastack " + " ".join(sys.argv[1:])
+    data = chaos_run.execute(plan, progress, command)
+    written = chaos_report.write(data, report)
+    if as_json:
+        print(json.dumps(data))
+    else:
+        audit = data["audit"]
+        for r in data["faults"]:
+            out.print(f"{r['fault']:28} failed {r['failed']:4}  detected "
+                      f"{r['detection_s']} s  p99 {r['p99_ms']} ms  healthy "
+                      f"{r['healthy_after_heal_s']} s after heal", highlight=False)
+        out.print(f"writes: {audit['acknowledged']} acknowledged, {audit['lost']} lost, "
+                  f"{audit['duplicated']} applied twice; report: {written['markdown']}")
+    if data["verdict"]:
+        raise HastackError("chaos: " + "; ".join(data["verdict"])
+                           + f" (report: {written['markdown']})")
+
+
 def main() -> None:
     # hastack writes machines' filesystems (overlays, network and SSH files, the image):
     # their modes must not depend on the operator's umask (a umask of 077 made every
@@ -290,3 +347,7 @@ def main() -> None:
 
 
 
+
+
+if __name__ == "__main__":
+    main()

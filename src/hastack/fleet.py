@@ -50,6 +50,9 @@ class Fleet(ABC):
     # True when a machine's CLOCK_MONOTONIC is the controller's (lab machines share its
     # kernel), so a time measured there can be compared with one measured here.
     shares_clock = False
+    # True when hastack holds the machines' power and cables (the lab): chaos may then pull
+    # a plug or cut a link; on real servers only daemons can be killed.
+    physical_faults = False
 
     @abstractmethod
     def require_topology(self) -> Topology:

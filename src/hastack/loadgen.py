@@ -46,6 +46,8 @@ class Sample:
     status: int | None = None  # HTTP status, None when there was no response
     error: str | None = None  # one of ERROR_KINDS when there was no response
     header: str | None = None  # the recorded response header, if present
+    tag: Any = None  # the planned request's tag (see Planned), None without a plan
+    note: Any = None  # what `inspect` made of the response (e.g. the id a write got)
 
     @property
     def ok(self) -> bool:
@@ -154,6 +156,18 @@ class LoadResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One request of a mixed load: what to send, and a tag its Sample keeps (e.g. read or
+    write, the VIP, the idempotency key)."""
+
+    method: str
+    url: str
+    json: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+    tag: Any = None
+
+
 def run_load(
     url: str,
     *,
@@ -171,6 +185,8 @@ def run_load(
     on_sample: Callable[[Sample], None] | None = None,
     ca_file: str | None = None,
     idempotency_keys: bool = False,
+    plan: Callable[[int], Planned] | None = None,
+    inspect: Callable[[httpx.Response], Any] | None = None,
 ) -> LoadResult:
     """Send requests to url at `rate` per second until duration, max_requests or stop_event.
 
@@ -182,6 +198,9 @@ def run_load(
     client does for writes: a replay anywhere on the path is then answered, never applied
     twice). An https url is verified against `ca_file` (else the system's CAs) for the name in
     `host_header`, which also goes in SNI: the url may name a VIP's address.
+    With `plan`, request i is plan(i) instead (url, method, body and headers of its own: a
+    mixed load over several addresses); `url` then only checks the scheme. `inspect` sees
+    each response and returns the Sample's `note`.
     """
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"rate must be a positive number, not {rate}")
@@ -205,24 +224,35 @@ def run_load(
     headers = {"Host": host_header} if host_header else None
     sni = siteclient.extensions(host_header) if host_header and target.scheme == "https" else None
 
-    async def one(client: httpx.AsyncClient, slots: asyncio.Semaphore, scheduled: float) -> Sample:
+    def planned(i: int) -> Planned:
+        if plan is not None:
+            return plan(i)
+        key = {"Idempotency-Key": uuid.uuid4().hex} if idempotency_keys else None
+        return Planned(method, url, json_body, key)
+
+    async def one(client: httpx.AsyncClient, slots: asyncio.Semaphore, scheduled: float,
+                  request: Planned) -> Sample:
         start: float | None = None
         status: int | None = None
         error: str | None = None
         value: str | None = None
+        note: Any = None
         try:
             async with asyncio.timeout(max(0.0, scheduled + timeout - time.monotonic())):
                 async with slots:
                     start = time.monotonic()
-                    key = {"Idempotency-Key": uuid.uuid4().hex} if idempotency_keys else None
                     response = await client.request(
-                        method, target, json=json_body, extensions=sni, headers=key
+                        request.method, request.url if plan is not None else target,
+                        json=request.json, extensions=sni, headers=request.headers,
                     )
             status, value = response.status_code, response.headers.get(record_header)
+            if inspect is not None:
+                note = inspect(response)
         except Exception as exc:
             error = _error_kind(exc)
         end = time.monotonic()
-        sample = Sample(scheduled, end if start is None else start, end, status, error, value)
+        sample = Sample(scheduled, end if start is None else start, end, status, error, value,
+                        request.tag, note)
         if on_sample is not None:
             on_sample(sample)
         return sample
@@ -240,7 +270,8 @@ def run_load(
                 offset = len(tasks) / rate
                 if offset >= duration or not await _sleep_until(t0 + offset, stop_event):
                     break
-                tasks.append(asyncio.create_task(one(client, slots, t0 + offset)))
+                tasks.append(asyncio.create_task(
+                    one(client, slots, t0 + offset, planned(len(tasks)))))
             samples = await asyncio.gather(*tasks)
         return LoadResult(list(samples))
 

@@ -104,3 +104,11 @@ def test_unknown_machine_for_ssh(own_state, tmp_path: Path):
     assert "no lab is up" in line
 
 
+
+
+def test_chaos_with_the_lab_down_starts_nothing(own_state, tmp_path: Path):
+    report = tmp_path / "report"
+    line = _one_line_error(run("chaos", "--faults", "web1-nginx-killed", "--report",
+                               str(report), check=False, env=own_state))
+    assert "no lab is up; run 'hastack up' first" in line
+    assert not report.exists() and not Path(own_state["HASTACK_STATE"]).exists()

@@ -312,3 +312,20 @@ def test_background_load_shows_samples_while_running_and_stops_with_the_block(
     assert bg.result is not None
     assert seen_inside >= 20 and bg.result.sent >= seen_inside
     assert bg.result.sent < 100 * 5  # ended by the block, not by its own bound
+
+
+def test_a_plan_mixes_methods_and_urls_and_samples_keep_tag_and_note(server: _Server) -> None:
+    """Request i is plan(i); its Sample carries the plan's tag and what inspect saw."""
+    def plan(i: int) -> loadgen.Planned:
+        if i % 2:
+            return loadgen.Planned("POST", _url(server, "/w"), {"n": i},
+                                   {"Idempotency-Key": f"k{i}"}, ("write", i))
+        return loadgen.Planned("GET", _url(server, "/r"), tag=("read", i))
+
+    result = run_load(_url(server), rate=50, max_requests=4, plan=plan,
+                      inspect=lambda r: r.request.method)
+    assert [(s.tag, s.note, s.ok) for s in result.samples] == [
+        (("read", 0), "GET", True), (("write", 1), "POST", True),
+        (("read", 2), "GET", True), (("write", 3), "POST", True)]
+    assert sorted(json.loads(body)["n"] for method, _, body in server.requests
+                  if method == "POST") == [1, 3]

@@ -49,6 +49,7 @@ class Lab(Fleet):
     """
 
     shares_clock = True  # nspawn machines run on the host's kernel
+    physical_faults = True  # power_off/cut_link in hastack.chaos
 
     def __init__(self, root: Path | None = None):
         self.dir = root or paths.lab_dir()
