@@ -200,6 +200,7 @@ def test_fault_figures():
     assert f["requests"] == {"read": {"sent": 29, "ok": 27, "failed": 2},
                              "write": {"sent": 1, "ok": 0, "failed": 1}}
     assert f["failed"] == 3
+    assert f["failure_causes"] == {"read": {"timeout": 1, "503": 1}, "write": {"503": 1}}
     assert f["error_window"] == [0.2, 1.01]
     assert f["service_restored_s"] == 1.11  # end of the first success after 102.0
     assert (f["healed_at_s"], f["healthy_after_heal_s"]) == (1.5, 7.5)
@@ -257,7 +258,8 @@ def test_report_writes_json_markdown_and_one_png_per_fault(tmp_path):
     md = written["markdown"].read_text()
     assert "hastack chaos --faults web1-nginx-killed" in md and "2 cores" in md
     assert "hastack.loadgen" in md and "Every promise kept." in md
-    assert "| web1-nginx-killed | all | 27/2 | 0/1 | +0.20 → +1.01 s | 2.1 s |" in md
+    assert ("| web1-nginx-killed | all | 27/2 (503 ×1, timeout ×1) | 0/1 (503 ×1) | "
+            "+0.20 → +1.01 s | 2.1 s |") in md
     png = tmp_path / "chaos" / "web1-nginx-killed.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](web1-nginx-killed.png)" in md

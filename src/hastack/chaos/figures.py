@@ -47,6 +47,17 @@ def by_kind(samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
     return out
 
 
+def failure_causes(samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
+    """Failed requests per kind by cause: the HTTP status, or how it failed without one."""
+    out: dict[str, dict[str, int]] = {}
+    for s in samples:
+        if s.failed:
+            causes = out.setdefault(_kind(s), {})
+            cause = str(s.status) if s.status is not None else (s.error or "no answer")
+            causes[cause] = causes.get(cause, 0) + 1
+    return out
+
+
 def series(samples: Sequence[Sample], t0: float, bin_s: float = 1.0) -> list[dict[str, Any]]:
     bins: dict[int, list[Sample]] = {}
     for s in samples:
@@ -68,6 +79,7 @@ def fault_figures(samples: Sequence[Sample], t_inject: float, t_heal: float,
     refused = [s.latency for s in during if _kind(s) == "write" and s.failed]
     return {
         "requests": by_kind(samples),
+        "failure_causes": failure_causes(samples),
         "failed": len(failures),
         "error_window": None if not failures else [
             _rel(min(s.scheduled for s in failures), t_inject),

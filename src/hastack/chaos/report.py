@@ -27,7 +27,11 @@ def _window(w: list[float] | None) -> str:
 
 def _kind(r: dict[str, Any], kind: str) -> str:
     row = r["requests"].get(kind)
-    return "–" if not row else f"{row['ok']}/{row['failed']}"
+    if not row:
+        return "–"
+    causes = r.get("failure_causes", {}).get(kind, {})
+    why = ", ".join(f"{c} ×{n}" for c, n in sorted(causes.items(), key=lambda x: (-x[1], x[0])))
+    return f"{row['ok']}/{row['failed']}" + (f" ({why})" if why else "")
 
 
 def _by_detection(data: dict[str, Any]) -> dict[str, list[str]]:
