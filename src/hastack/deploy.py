@@ -210,13 +210,26 @@ def ensure_tls(inventory: Path, secrets_dir: Path, env: dict[str, str] | None = 
                       site_cert=request.site_cert, site_key=request.site_key)
 
 
+def _mitogen_strategies() -> str:
+    """Where Mitogen's strategy plugins live (installed with hastack)."""
+    import ansible_mitogen
+
+    return str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy")
+
+
 def _ansible_env(secrets_dir: Path) -> dict[str, str]:
+    """Ansible's environment. Mitogen runs the same playbook over SSH with one Python per
+    machine kept for the whole run instead of a new one per task: a deploy that changes
+    nothing takes 47 s instead of 157 s on the default lab (2 cores; ansible-runner job
+    events of two `hastack up --force-deploy`, 166 tasks each)."""
     bin_dir = str(Path(sys.executable).parent)
     return {
         "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "ANSIBLE_CONFIG": str(paths.ANSIBLE_DIR / "ansible.cfg"),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_path_dir(secrets_dir)),
+        "ANSIBLE_STRATEGY_PLUGINS": _mitogen_strategies(),
+        "ANSIBLE_STRATEGY": "mitogen_linear",
     }
 
 
