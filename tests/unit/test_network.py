@@ -32,8 +32,9 @@ class _Link(dict):
 class _FakeIPRoute:
     """Just enough of pyroute2's IPRoute for ensure_bridges; records what it is asked."""
 
-    def __init__(self, links: dict[str, str]):
+    def __init__(self, links: dict[str, str], addresses: dict[str, int] | None = None):
         self.links = {name: (i + 1, mac) for i, (name, mac) in enumerate(links.items())}
+        self.addresses = addresses or {}  # address -> prefix length, on the first link
         self.calls: list[tuple] = []
 
     def __enter__(self):
@@ -54,17 +55,18 @@ class _FakeIPRoute:
         mac = next(mac for i, mac in self.links.values() if i == index)
         return [_Link(attrs={"IFLA_ADDRESS": mac})]
 
-    def get_addr(self, **_kw):
-        return []
+    def get_addr(self, index=None, **_kw):
+        return [_Link(attrs={"IFA_ADDRESS": a}, prefixlen=n) for a, n in self.addresses.items()
+                if index == 1]
 
-    def addr(self, *args, **kw):
-        pass
+    def addr(self, command, **kw):
+        self.calls.append(("addr " + command, kw))
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    def install(links: dict[str, str]) -> _FakeIPRoute:
-        ipr = _FakeIPRoute(links)
+    def install(links: dict[str, str], addresses: dict[str, int] | None = None) -> _FakeIPRoute:
+        ipr = _FakeIPRoute(links, addresses)
         monkeypatch.setattr(network, "IPRoute", lambda: ipr)
         monkeypatch.setattr(network, "_set_sysctl", lambda path, value: None)
         return ipr
@@ -86,3 +88,12 @@ def test_an_existing_bridge_gets_its_mac_back(fake):
     network.ensure_bridges(topology.load(None))
     sets = [kw for command, kw in ipr.calls if command == "set" and "address" in kw]
     assert sets == [{"index": 1, "address": bridge_mac(PUBLIC_BRIDGE)}]
+
+
+def test_another_plans_address_goes_with_its_own_prefix_and_host_addresses_stay(fake):
+    """A /32 on the bridge is an extra outside client of a test or benchmark, in use."""
+    macs = {name: bridge_mac(name) for name in (PUBLIC_BRIDGE, PRIVATE_BRIDGE)}
+    ipr = fake(macs, {"198.18.0.1": 24, "198.18.7.1": 16, "198.18.0.250": 32})
+    network.ensure_bridges(topology.load(None))
+    deleted = [(kw["address"], kw["prefixlen"]) for c, kw in ipr.calls if c == "addr del"]
+    assert set(deleted) == {("198.18.7.1", 16)}

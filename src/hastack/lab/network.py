@@ -79,10 +79,14 @@ def ensure_bridges(topo: Topology) -> None:
             # gratuitous ARP, so the machines do not keep the old one.
             _set_sysctl(f"net/ipv4/conf/{name}/arp_notify", "1")
             address, prefix = cidr.split("/")
-            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
-            for other in have - {address}:
-                ipr.addr("del", index=index, address=other, prefixlen=int(prefix))
-            if address not in have:
+            found = {a.get_attr("IFA_ADDRESS"): a["prefixlen"]
+                     for a in ipr.get_addr(index=index, family=2)}
+            # A network address of another plan goes; a single host address stays: tests and
+            # benchmarks add /32s as extra outside clients, and may be using them right now.
+            for other, length in found.items():
+                if other != address and length != 32:
+                    ipr.addr("del", index=index, address=other, prefixlen=length)
+            if address not in found:
                 ipr.addr("add", index=index, address=address, prefixlen=int(prefix))
             if ipr.get_links(index)[0].get_attr("IFLA_ADDRESS") != mac:
                 ipr.link("set", index=index, address=mac)
