@@ -162,10 +162,6 @@ def test_bad_input_through_the_stack_is_a_clean_4xx(lab):
         assert len(c.get("/api/messages?limit=200").json()) == count
 
 
-@pytest.mark.xfail(reason="some writes are refused with 502 (not only the site's clean 503) "
-                          "during the redeploy that follows the promotion, even with idempotency "
-                          "keys: seen in 2 of 3 runs; no acknowledged write was ever lost (checked "
-                          "before the failing assertion)", strict=False)
 def test_switchover_keeps_every_acknowledged_write(lab):
     old = primary(lab)
     target = replicas(lab)[0]
@@ -182,10 +178,10 @@ def test_switchover_keeps_every_acknowledged_write(lab):
              if s.status == 201 and s.header}
     failed = [s for s in result.samples if s.failed]
     print(f"writes during the switchover: {len(acked)} acknowledged, {len(failed)} refused")
-    # The property: no acknowledged write is lost (checked on every node first). A write may
-    # be refused cleanly (the site's 503, nothing stored), never dropped by a proxy (502) or
-    # left unanswered. ~1 % of writes are refused during the redeploy after the promotion,
-    # sometimes as 502s (cause not found yet: see the issue note); bench/db_tier.py counts them.
+    # The properties: no acknowledged write is lost (checked on every node first), and none
+    # is refused: the site holds a write while no node is writable (a switchover), and every
+    # tier replays a keyed write that met a server going away. (The 502s once seen here came
+    # from nginx taking both app servers out after a 503: fixed, see foobar.conf.j2.)
     assert acked
     assert primary(lab) == target
     ids = ",".join(map(str, sorted(acked)))
@@ -196,8 +192,7 @@ def test_switchover_keeps_every_acknowledged_write(lab):
     # and back, so the lab ends as it began
     run("db", "switchover", old)
     assert primary(lab) == old
-    assert len(failed) <= len(result.samples) // 10, failed[:5]
-    assert all(s.status == 503 for s in failed), failed[:5]
+    assert not failed, [(s.status, s.error) for s in failed][:10]
 
 
 def test_added_replica_is_seeded_from_the_primary(lab, tmp_path: Path):
