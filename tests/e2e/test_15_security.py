@@ -14,6 +14,8 @@ import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -94,8 +96,9 @@ def test_tls12_and_13_with_h2_ecdhe_aead_only(lab):
         assert "Server public key is 256 bit" in out13  # ECDSA P-256
 
 
-def test_security_headers_on_pages_static_files_and_errors(lab):
-    with outside(lab, lab.vips[0], None) as c:
+@pytest.mark.parametrize("vip", [0, 1], ids=["vip-a", "vip-b"])
+def test_security_headers_on_pages_static_files_and_errors(lab, vip):
+    with outside(lab, lab.vips[vip], None) as c:
         for path in ("/", "/static/style.css", "/no-such-page"):
             r = c.get(path)
             assert r.headers["strict-transport-security"].startswith("max-age=63072000"), path
@@ -112,12 +115,39 @@ def test_internal_headers_and_endpoints_stay_inside(lab, clients):
         assert r.status_code == 200
         assert "x-db" not in r.headers and "x-db-role" not in r.headers
         assert r.headers["x-served-by"].count("/") == 1  # web/app stays: round-robin is visible
-        for path in ("/metrics", "/readyz", "/metrics/x"):
-            assert c.get(path).status_code == 404, path
+        # Also spelled so that only a server that decodes or merges the path sees /metrics:
+        # refused, or redirected to a spelling that is refused.
+        for path in ("/metrics", "/readyz", "/metrics/x", "/%6detrics", "/%72eadyz",
+                     "//metrics", "/%2Fmetrics"):
+            r = c.get(c.base_url.copy_with(raw_path=path.encode()))  # sent as spelled
+            if r.is_redirect:
+                r = c.get(urlsplit(r.headers["location"]).path)
+            assert r.status_code == 404, (path, r.status_code, r.text[:200])
         spoofed = c.get("/", headers={"X-Forwarded-Proto": "http", "X-Forwarded-For": "1.2.3.4"})
         assert spoofed.status_code == 200
     with outside(lab, lab.vips[0], None) as trusted:  # the operator's own address
         assert trusted.get("/api/messages?limit=1").headers["x-db-role"] in ("primary", "replica")
+
+
+def test_the_sites_database_user_reads_and_writes_rows_only(lab):
+    """Serving requests needs DML; schema changes are the migrations user's, at deploy."""
+    primary = lab.names("db-primary")[0]
+
+    def privileges(user: str) -> set[str]:
+        hosts = lab.ssh(primary, f"mariadb -B -N -e \"SELECT host FROM mysql.user WHERE "
+                                 f"user = '{user}'\"").split()
+        assert hosts, user
+        found: set[str] = set()
+        for host in hosts:
+            for grant in lab.ssh(primary, f"mariadb -B -N -e \"SHOW GRANTS FOR "
+                                          f"'{user}'@'{host}'\"").splitlines():
+                what = grant.split(" ON ")[0].removeprefix("GRANT ")
+                found |= {p.strip() for p in what.split(",")}
+        return found
+
+    assert privileges("site") <= {"SELECT", "INSERT", "UPDATE", "DELETE", "USAGE",
+                                  "SLAVE MONITOR"}, privileges("site")
+    assert {"CREATE", "ALTER"} <= privileges("migrate")
 
 
 def test_database_connections_and_replication_are_encrypted(lab):
@@ -294,3 +324,36 @@ def test_oversized_and_slow_requests_are_cut_off_while_others_are_served(lab, cl
     for s in held:
         s.close()
     assert closed == len(held)  # the edge's 5 s request-head limit
+
+
+def _private(lab, name: str) -> str:
+    return next(a for a in lab.machine(name)["addresses"] if a.startswith("198.19."))
+
+
+def _serial_served(lab, client: str, server: str, port: int, starttls: str = "") -> str:
+    """The serial of the certificate `server` shows on `port`, as `client` sees it (the
+    firewall lets only the tier in front through)."""
+    option = f"-starttls {starttls}" if starttls else ""
+    out = lab.ssh(client, f"openssl s_client -connect {_private(lab, server)}:{port} {option} "
+                          "</dev/null 2>/dev/null | openssl x509 -noout -serial", check=False)
+    return out.strip().removeprefix("serial=")
+
+
+def test_renewed_machine_certificates_are_served_after_the_next_deploy(lab):
+    """A machine certificate renewed on the controller reaches the daemon that serves it
+    (nginx, gunicorn, MariaDB) at the next deploy, without a restart of the tier."""
+    hops = {"web1": ("lb1", 443, ""), "app1": ("web1", 8000, ""),
+            "db1": ("app1", 3306, "mysql")}
+    tls_dir = Path(lab.ca).parent.parent / "tls"
+    before = {name: _serial_served(lab, *hop[:1], name, *hop[1:]) for name, hop in hops.items()}
+    assert all(before.values()), before
+    for name in hops:  # gone: the next deploy issues a new one (pki.ensure)
+        (tls_dir / f"{name}.crt").unlink()
+    run("up", "--force-deploy")
+    for name, hop in hops.items():
+        issued = x509.load_pem_x509_certificate((tls_dir / f"{name}.crt").read_bytes())
+        expected = f"{issued.serial_number:X}"
+        assert expected != before[name]
+        poll(lambda name=name, hop=hop, expected=expected:
+             _serial_served(lab, hop[0], name, *hop[1:]).lstrip("0") == expected.lstrip("0"),
+             30, f"{name} serving its new certificate")
