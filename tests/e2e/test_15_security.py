@@ -357,3 +357,9 @@ def test_renewed_machine_certificates_are_served_after_the_next_deploy(lab):
         poll(lambda name=name, hop=hop, expected=expected:
              _serial_served(lab, hop[0], name, *hop[1:]).lstrip("0") == expected.lstrip("0"),
              30, f"{name} serving its new certificate")
+    # and reloading them wrote nothing of its own on any DB node (a FLUSH in a replica's
+    # binary log is an errant transaction that stops replication after a switchover)
+    for node in lab.names("db-primary") + lab.names("db-replica"):
+        binlog = lab.ssh(node, "mariadb-binlog /var/lib/mysql/*-bin.0* 2>/dev/null | "
+                               "grep -ci flush || true")
+        assert binlog.strip() == "0", node
