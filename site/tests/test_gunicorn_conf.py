@@ -45,3 +45,20 @@ def test_one_tls_context_per_worker_not_per_connection(gunicorn_conf):
     assert gunicorn_conf.ssl_context(None, factory) is first
     assert len(made) == 1
     assert first.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_a_variable_removed_from_the_file_is_gone_after_a_reload(gunicorn_conf, tmp_path,
+                                                                  monkeypatch):
+    f = tmp_path / "site.env"
+    f.write_text("FOOBAR_BUILD=rel-7\nFOOBAR_MACHINE=app1\n")
+    monkeypatch.setenv("FOOBAR_ENV_FILE", str(f))
+    monkeypatch.setenv("FOOBAR_MACHINE", "app0")  # restored after the test
+    monkeypatch.delenv("FOOBAR_BUILD", raising=False)
+    monkeypatch.setenv("FOOBAR_TLS_CERT", "/etc/hastack/tls/machine.crt")  # the unit's own
+    gunicorn_conf.on_reload(server=None)
+    assert os.environ["FOOBAR_BUILD"] == "rel-7"
+    f.write_text("FOOBAR_MACHINE=app1\n")
+    gunicorn_conf.on_reload(server=None)
+    assert "FOOBAR_BUILD" not in os.environ
+    assert os.environ["FOOBAR_MACHINE"] == "app1"
+    assert os.environ["FOOBAR_TLS_CERT"] == "/etc/hastack/tls/machine.crt"

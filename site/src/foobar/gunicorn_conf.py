@@ -103,11 +103,28 @@ def read_env_file(path: str) -> dict[str, str]:
     return values
 
 
+def _env_file_keys() -> set[str]:
+    path = os.environ.get("FOOBAR_ENV_FILE")
+    return set(read_env_file(path)) if path and os.path.exists(path) else set()
+
+
+# The variables the file gave the master (systemd read it at start), so a reload can also
+# drop what the deploy removed from it.
+_from_file = _env_file_keys()
+
+
 def on_reload(server):
-    """New workers get the environment the deploy wrote, not the one the master started with."""
+    """New workers get the environment the deploy wrote, not the one the master started with:
+    changed and new variables, and none of those the file no longer has (e.g. FOOBAR_BUILD,
+    once set by a release and then removed, would otherwise stay for good)."""
+    global _from_file
     path = os.environ.get("FOOBAR_ENV_FILE")
     if path and os.path.exists(path):
-        os.environ.update(read_env_file(path))
+        values = read_env_file(path)
+        for key in _from_file - set(values):
+            os.environ.pop(key, None)
+        os.environ.update(values)
+        _from_file = set(values)
 
 
 def child_exit(server, worker):
