@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import httpx
 
 from hastack import alerthistory, siteclient
+from hastack.chaos import primitives
 from hastack.lab.lab import Lab
 
 MONITORING_UNITS = {
@@ -60,20 +61,6 @@ def _first(lab: Lab, role: str) -> str:
 
 def _sql(lab: Lab, machine: str, statement: str) -> None:
     lab.run_checked(machine, f"mariadb -e '{statement}'", statement)
-
-
-def _keep_haproxy_dead(lab: Lab, lb: str) -> None:
-    # systemd would restart it in 100 ms (Restart=always); a crash loop is the fault measured
-    lab.run_checked(lb, "mkdir -p /run/systemd/system/haproxy.service.d && printf "
-                        "'[Service]\\nRestart=no\\n' > /run/systemd/system/haproxy.service.d/"
-                        "bench-no-restart.conf && systemctl daemon-reload && "
-                        "systemctl kill -s KILL haproxy", "kill haproxy")
-
-
-def _revive_haproxy(lab: Lab, lb: str) -> None:
-    lab.run_checked(lb, "rm -f /run/systemd/system/haproxy.service.d/bench-no-restart.conf && "
-                        "systemctl daemon-reload && systemctl reset-failed haproxy; "
-                        "systemctl start haproxy", "start haproxy")
 
 
 SCANNERS = [f"198.18.0.{n}" for n in range(240, 245)]
@@ -119,8 +106,8 @@ FAULTS = {
     "haproxy": Fault(
         "haproxy", "ExporterDown",
         lambda lab: {"machine": _first(lab, "loadbalancer"), "job": "haproxy"},
-        lambda lab: _keep_haproxy_dead(lab, _first(lab, "loadbalancer")),
-        lambda lab: _revive_haproxy(lab, _first(lab, "loadbalancer")),
+        lambda lab: primitives.kill_and_keep_down(lab, _first(lab, "loadbalancer"), "haproxy"),
+        lambda lab: primitives.revive(lab, _first(lab, "loadbalancer"), "haproxy"),
         "lb1's HAProxy killed and kept down (its VIP moves to lb2)"),
     "machine": Fault(
         "machine", "MachineDown", lambda lab: {"machine": lab.require_topology()

@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from hastack import alerthistory, siteclient
+from hastack.chaos import primitives
+from hastack.lab.lab import Lab as LabApi
 
 from .conftest import deploy_with, poll, run
 
@@ -110,18 +112,14 @@ def _monitoring_view() -> dict:
 # systemd restarts a killed HAProxy within 100 ms (Restart=always) and the owner takes its
 # VIP back after preempt_delay: a move that lasts ~2 s, shorter than the 5 s scrape. The test
 # keeps HAProxy dead (a crash loop) until the move is seen, as an operator would meet it.
-_NO_RESTART = "/run/systemd/system/haproxy.service.d/hastack-test-no-restart.conf"
 
 
 def test_killing_haproxy_moves_vip_a_in_status_and_leaves_no_vip_alert(lab, mon):
     vip_a = lab.vips[0]
     owner = _monitoring_view()["vips"][vip_a]["holders"]
     assert owner and len(owner) == 1, owner
-    lab.ssh(owner[0], f"mkdir -p {_NO_RESTART.rsplit('/', 1)[0]} && "
-                      f"printf '[Service]\\nRestart=no\\n' > {_NO_RESTART} && "
-                      "systemctl daemon-reload")
     t_fault = time.time()
-    lab.ssh(owner[0], "systemctl kill -s KILL haproxy")
+    primitives.kill_and_keep_down(LabApi(), owner[0], "haproxy")
     try:
         def moved():
             holders = _monitoring_view()["vips"][vip_a]["holders"]
@@ -130,8 +128,7 @@ def test_killing_haproxy_moves_vip_a_in_status_and_leaves_no_vip_alert(lab, mon)
         print(f"\nVIP-A owner change seen in hastack status {time.time() - t_fault:.1f} s "
               "after HAProxy was killed")
     finally:
-        lab.ssh(owner[0], f"rm -f {_NO_RESTART} && systemctl daemon-reload && "
-                          "systemctl reset-failed haproxy; systemctl start haproxy")
+        primitives.revive(LabApi(), owner[0], "haproxy")
     poll(lambda: _monitoring_view()["vips"][vip_a]["holders"] == owner, 60,
          f"{vip_a} back on {owner[0]}", interval=0.5)
 

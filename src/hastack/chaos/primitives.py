@@ -38,6 +38,28 @@ def kill_service(fleet: Fleet, machine: str, unit: str) -> float:
     return remote_at(fleet, machine, f"systemctl kill --signal=KILL {unit}")
 
 
+def _no_restart_dropin(unit: str) -> str:
+    return f"/run/systemd/system/{unit}.service.d/hastack-chaos-no-restart.conf"
+
+
+def kill_and_keep_down(fleet: Fleet, machine: str, unit: str) -> float:
+    """SIGKILL a unit and keep it dead until revive(): systemd would restart it (Debian's
+    haproxy.service has Restart=always, 100 ms), so a crash would last too short to observe.
+    The drop-in lives in /run: a reboot forgets it."""
+    dropin = _no_restart_dropin(unit)
+    fleet.run_checked(machine, f"mkdir -p {dropin.rsplit('/', 1)[0]} && "
+                               f"printf '[Service]\\nRestart=no\\n' > {dropin} && "
+                               "systemctl daemon-reload", f"keep {unit} down")
+    return kill_service(fleet, machine, unit)
+
+
+def revive(fleet: Fleet, machine: str, unit: str) -> float:
+    """Undo kill_and_keep_down: the unit restarts as it normally would, and is started."""
+    fleet.run_checked(machine, f"rm -f {_no_restart_dropin(unit)} && systemctl daemon-reload "
+                               f"&& systemctl reset-failed {unit}; true", f"revive {unit}")
+    return start_service(fleet, machine, unit)
+
+
 def stop_service(fleet: Fleet, machine: str, unit: str) -> float:
     return remote_at(fleet, machine, f"systemctl stop {unit}")
 
