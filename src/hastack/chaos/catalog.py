@@ -11,6 +11,11 @@ Expectations (what the design promises while the fault lasts, heal and recovery 
              writes fail fast with 503 while there is no primary);
     bounded  failures are measured, not gated (an LB's in-flight connections die with it).
 
+A kind without a role happens to the stack as a whole and is named by its suffix alone:
+`rolling-deploy` deploys the playbook with a new build id of the site (FOOBAR_BUILD), so
+every app server is reloaded one at a time under the load; it is "held" for as long as the
+deploy takes.
+
 Detection (how the time the stack noticed the fault is measured):
     vip       the first request through the dying LB's VIP answered by another LB (X-LB);
     backend   the web server marked DOWN by every other LB (HAProxy's stats, polled 10/s);
@@ -20,8 +25,12 @@ Detection (how the time the stack noticed the fault is measured):
 
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from rich.console import Console
 
 from hastack.chaos import primitives
 from hastack.errors import HastackError
@@ -40,10 +49,10 @@ EXPECTATIONS = ("all", "reads", "bounded")
 @dataclass(frozen=True)
 class Kind:
     suffix: str        # the fault's name is <machine>-<suffix>
-    role: str          # machines with this role can have it
-    action: str        # kill | power | link (ACTIONS)
+    role: str          # machines with this role can have it ("": the stack, once)
+    action: str        # kill | power | link | deploy (ACTIONS)
     expect: str        # all | reads | bounded (module doc)
-    detect: str        # vip | backend | monitor (module doc)
+    detect: str        # vip | backend | monitor | none (module doc)
     unit: str = ""     # systemd unit, for kill
     net: str = ""      # public | private, for link
     monitor: str = ""  # PromQL that has a result once monitoring sees the fault ({m}: machine)
@@ -70,7 +79,16 @@ KINDS: tuple[Kind, ...] = (
     Kind("mariadbd-killed", "db-primary", "kill", "reads", "monitor", unit="mariadb",
          monitor=_DB_DOWN),
     Kind("power-off", "db-primary", "power", "reads", "monitor", monitor=_DB_DOWN),
+    Kind("rolling-deploy", "", "deploy", "all", "none"),
 )
+
+
+def _roll(fleet: Fleet, machine: str, kind: Kind) -> float:
+    """Deploy a new build of the site; the time returned is the deploy's start."""
+    t = time.monotonic()
+    build = f"chaos-{int(time.time())}"
+    fleet.roll_site_build(build, Console(file=io.StringIO(), width=120))
+    return t
 
 # action -> (inject, heal); each returns the monotonic time it took effect
 Step = Callable[[Fleet, str, Kind], float]
@@ -81,6 +99,7 @@ ACTIONS: dict[str, tuple[Step, Step]] = {
               lambda f, m, k: primitives.power_on(f, m)),  # type: ignore[arg-type]
     "link": (lambda f, m, k: primitives.cut_link(m, k.net),
              lambda f, m, k: primitives.restore_link(m, k.net)),
+    "deploy": (_roll, lambda f, m, k: time.monotonic()),  # nothing to heal
 }
 PHYSICAL = ("power", "link")  # need the lab's hands (Fleet.physical_faults)
 
@@ -104,6 +123,8 @@ class Fault:
         return self.kind.monitor.replace("{m}", self.machine)
 
     def describe(self) -> str:
+        if self.kind.action == "deploy":
+            return "a new build of the site deployed, app servers reloaded one at a time"
         what = {"kill": f"{self.kind.unit} SIGKILLed", "power": "powered off (plug pulled)",
                 "link": f"{self.kind.net} link cut"}[self.kind.action]
         return f"{self.machine}: {what}"
@@ -120,6 +141,9 @@ def catalog(topo: Topology) -> dict[str, Fault]:
     several roles gets a shared kind (power-off) once, with the weakest expectation."""
     found: dict[str, Fault] = {}
     for kind in KINDS:
+        if not kind.role:
+            found[kind.suffix] = Fault(kind.suffix, "", kind)
+            continue
         for m in topo.with_role(kind.role):
             name = f"{m.name}-{kind.suffix}"
             old = found.get(name)

@@ -83,7 +83,7 @@ def watcher_for(fault: Fault, fleet: Fleet, topo: Topology) -> Watcher | None:
         return Watcher(backend_down(fleet, topo, fault.machine), 0.1)
     if fault.kind.detect == "monitor":
         return Watcher(prometheus_sees(topo, fault.monitor_query), 0.5)
-    return None  # vip: from the samples
+    return None  # vip: from the samples; none: nothing to detect
 
 
 def vip_moved(samples: Iterable[Sample], topo: Topology, lb_name: str, t_fault: float
@@ -101,4 +101,5 @@ HOW = {
     "vip": "first success through the LB's VIP answered by the other LB (X-LB)",
     "backend": "the server marked DOWN on every other LB (HAProxy stats, polled every 0.1 s)",
     "monitor": "Prometheus sees it down (polled every 0.5 s; 5 s scrape interval)",
+    "none": "not measured (a deploy is not a failure to detect)",
 }
