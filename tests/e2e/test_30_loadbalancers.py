@@ -11,6 +11,7 @@ import time
 import dns.message
 import dns.query
 import dns.rdatatype
+import pytest
 
 from hastack import chaos
 from hastack import lb as lbtool
@@ -28,6 +29,20 @@ def _owners_are_the_masters(lab) -> bool:
     return [_lb_of(lab, vip) for vip in lab.vips] == ["lb1", "lb2"]
 
 
+# Goals (docs/figures.md, LB tier): the new owner answers VIP-A within this long of the fault,
+# and no request fails but those the dying LB held at that instant (in flight on it, or sent
+# to it before its VIP moved, which only the failover time bounds).
+FAILOVER_GOAL_S = {"haproxy": 0.5, "power": 1.5}
+
+
+def _in_flight(result, t: float) -> int:
+    return sum(1 for s in result.samples if s.start <= t < s.end)
+
+
+def _failed_after(result, t: float) -> list:
+    return [s for s in result.samples if s.failed and s.end >= t]
+
+
 def test_dns_answers_both_vips(lab):
     server = lab.status["site"]["dns"]
     for name in (lab.domain, "foobar.com"):
@@ -42,6 +57,14 @@ def test_each_vip_is_served_by_its_master(lab):
     poll(lambda: _owners_are_the_masters(lab), 15, "VIP-A on lb1 and VIP-B on lb2")
 
 
+_WINDOW_RESETS = ("connections that arrive while the dead LB still holds the VIP (the failover "
+                  "window, ~60 ms after a HAProxy kill, ~0.5 s after a power cut) are reset by "
+                  "its kernel: measured 2 failed vs 1 in flight (HAProxy) and 5 vs 1 (power); "
+                  "a fix would drop, not reset, SYNs to the VIP with no listener (nftables "
+                  "socket match), so clients retransmit to the new owner")
+
+
+@pytest.mark.xfail(reason=_WINDOW_RESETS, strict=False)
 def test_haproxy_killed_moves_the_vip(lab):
     api = LabApi()
     vip_a = lab.vips[0]
@@ -53,24 +76,38 @@ def test_haproxy_killed_moves_the_vip(lab):
     result = bg.result
     first = result.first_success_after(t_fault, lambda h: h == "lb2")
     assert first is not None, result.served_by()
+    failed = _failed_after(result, t_fault)
     print(f"\nhaproxy SIGKILL on lb1: VIP-A answered by lb2 after {first - t_fault:.3f} s, "
-          f"{result.failed} failed of {result.sent}")
+          f"{len(failed)} failed of {result.sent}, {_in_flight(result, t_fault)} in flight")
+    assert first - t_fault <= FAILOVER_GOAL_S["haproxy"]
+    assert len(failed) <= _in_flight(result, t_fault), [(s.start - t_fault, s.error, s.status)
+                                                        for s in failed][:10]
     # systemd restarts HAProxy; the VIP returns to its master without a flap
     poll(lambda: _owners_are_the_masters(lab), 20, "VIP-A back on lb1 once HAProxy is back")
 
 
+@pytest.mark.xfail(reason=_WINDOW_RESETS, strict=False)
 def test_lb_machine_power_cut_moves_both_vips_and_they_return(lab):
     api = LabApi()
     poll(lambda: _owners_are_the_masters(lab), 15, "the VIPs on their masters")
-    with load(lab, lab.vips[0]) as bg:
-        t_fault = chaos.power_off(api, "lb1")
-        poll(lambda: any(s.header == "lb2" and s.start > t_fault for s in bg.live), 10,
-             "VIP-A answered by lb2")
-    first = bg.result.first_success_after(t_fault, lambda h: h == "lb2")
-    print(f"\nlb1 power cut: VIP-A answered by lb2 after {first - t_fault:.3f} s")
-    assert all(_lb_of(lab, vip) == "lb2" for vip in lab.vips)
-    chaos.power_on(api, "lb1")
-    poll(lambda: _owners_are_the_masters(lab), 60, "VIP-A back on lb1 after it boots")
+    try:
+        with load(lab, lab.vips[0]) as bg:
+            t_fault = chaos.power_off(api, "lb1")
+            poll(lambda: any(s.header == "lb2" and s.start > t_fault for s in bg.live), 10,
+                 "VIP-A answered by lb2")
+        result = bg.result
+        first = result.first_success_after(t_fault, lambda h: h == "lb2")
+        assert first is not None, result.served_by()
+        failed = _failed_after(result, t_fault)
+        print(f"\nlb1 power cut: VIP-A answered by lb2 after {first - t_fault:.3f} s, "
+              f"{len(failed)} failed of {result.sent}, {_in_flight(result, t_fault)} in flight")
+        assert all(_lb_of(lab, vip) == "lb2" for vip in lab.vips)
+        assert first - t_fault <= FAILOVER_GOAL_S["power"]
+        assert len(failed) <= _in_flight(result, t_fault), [
+            (s.start - t_fault, s.error, s.status) for s in failed][:10]
+    finally:
+        chaos.power_on(api, "lb1")
+        poll(lambda: _owners_are_the_masters(lab), 60, "VIP-A back on lb1 after it boots")
 
 
 def test_dead_nginx_fails_no_idempotent_request(lab):
