@@ -83,6 +83,15 @@ def load(lab: Lab, vip: str, path: str = "/", header: str = "x-lb", rate: float 
     assert bg.result is not None, "the load generator did not finish"
 
 
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """A refused command: non-zero exit and exactly one line, `error: ...`, on stderr."""
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
 def more(bg: BackgroundLoad, n: int, what: str) -> None:
     """Wait until n more requests of a background load completed."""
     if not bg.wait_for(len(bg.live) + n, 10 + n / 20):

@@ -11,15 +11,7 @@ import pytest
 import yaml
 from pyroute2 import IPRoute
 
-from .conftest import HASTACK, REPO, run
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+from .conftest import HASTACK, REPO, one_line_error, run
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ def own_state(tmp_path: Path) -> dict[str, str]:
 def test_invalid_topology_creates_nothing(tmp_path: Path, own_state):
     bad = tmp_path / "hastack.toml"
     bad.write_text("[counts]\nweb = 0\n")
-    line = _one_line_error(run("up", "-t", str(bad), check=False, env=own_state))
+    line = one_line_error(run("up", "-t", str(bad), check=False, env=own_state))
     assert f"{bad}: counts.web: 0 is out of range; use 1 to 9" in line
     assert not Path(own_state["HASTACK_STATE"]).exists()
 
@@ -53,7 +45,7 @@ def test_not_root_is_refused(tmp_path: Path):
                             env={**os.environ, "HASTACK_STATE": str(state)})
     if result.stderr.startswith("unshare:"):
         pytest.fail(f"cannot run as a non-root user: {result.stderr.strip()}")
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "hastack up must run as root" in line and "sudo" in line
     assert not state.exists()
 
@@ -61,7 +53,7 @@ def test_not_root_is_refused(tmp_path: Path):
 def test_missing_debian_package_is_named(own_state):
     venv_bin = str(Path(HASTACK).parent)
     env = {**own_state, "PATH": f"{venv_bin}:/nonexistent"}
-    line = _one_line_error(run("up", check=False, env=env))
+    line = one_line_error(run("up", check=False, env=env))
     assert "systemd-nspawn not found" in line and "systemd-container" in line
     assert not Path(own_state["HASTACK_STATE"]).exists()
 
@@ -72,7 +64,7 @@ def test_bridge_name_taken(own_state):
             pytest.fail("a lab is already up; run 'hastack down' before the e2e tests")
         ipr.link("add", ifname="hs-pub", kind="bridge")
         try:
-            line = _one_line_error(run("up", check=False, env=own_state))
+            line = one_line_error(run("up", check=False, env=own_state))
         finally:
             ipr.link("del", index=ipr.link_lookup(ifname="hs-pub")[0])
     assert "network device hs-pub already exists and was not created by this lab" in line
@@ -87,20 +79,20 @@ def test_unreachable_inventory_host(tmp_path: Path):
         hv.update(ansible_host="127.0.0.1", ansible_port=1)
     inventory = tmp_path / "servers.yml"
     inventory.write_text(yaml.safe_dump(data))
-    line = _one_line_error(run("deploy", "-i", str(inventory), check=False))
+    line = one_line_error(run("deploy", "-i", str(inventory), check=False))
     assert re.search(r"deploy failed: \w+ is unreachable: ", line), line
 
 
 def test_invalid_inventory_is_refused_before_connecting(tmp_path: Path):
     inventory = tmp_path / "servers.yml"
     inventory.write_text("all:\n  hosts: {}\n  children: {}\n")
-    line = _one_line_error(run("deploy", "-i", str(inventory), check=False))
+    line = one_line_error(run("deploy", "-i", str(inventory), check=False))
     assert f"{inventory}: group 'loadbalancer' has no hosts" in line
     assert not (tmp_path / ".hastack-secrets").exists()
 
 
 def test_unknown_machine_for_ssh(own_state, tmp_path: Path):
-    line = _one_line_error(run("ssh", "nosuch", check=False, env=own_state))
+    line = one_line_error(run("ssh", "nosuch", check=False, env=own_state))
     assert "no lab is up" in line
 
 
@@ -108,7 +100,7 @@ def test_unknown_machine_for_ssh(own_state, tmp_path: Path):
 
 def test_chaos_with_the_lab_down_starts_nothing(own_state, tmp_path: Path):
     report = tmp_path / "report"
-    line = _one_line_error(run("chaos", "--faults", "web1-nginx-killed", "--report",
+    line = one_line_error(run("chaos", "--faults", "web1-nginx-killed", "--report",
                                str(report), check=False, env=own_state))
     assert "no lab is up; run 'hastack up' first" in line
     assert not report.exists() and not Path(own_state["HASTACK_STATE"]).exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run
+from .conftest import one_line_error, run
 
 FAULTS = ("web1-nginx-killed", "app1-gunicorn-killed", "lb1-haproxy-killed",
           "db2-power-off", "db1-mariadbd-killed", "rolling-deploy")
@@ -28,14 +28,6 @@ KNOWN_BROKEN: dict[str, str] = {
                          "died came back to the client as a reset (+2 ms), not replayed on "
                          "web2; cause not found",
 }
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +97,6 @@ def test_exit_code_follows_the_verdict_and_the_report_is_written(chaos_run):
 ])
 def test_bad_input_is_refused_before_anything_starts(lab, tmp_path, args, message):
     report = tmp_path / "report"
-    line = _one_line_error(run("chaos", *args, "--report", str(report), check=False))
+    line = one_line_error(run("chaos", *args, "--report", str(report), check=False))
     assert message in line
     assert not report.exists()
