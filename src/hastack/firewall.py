@@ -17,11 +17,17 @@ A flow::
       at: private              # which address of `to` machines: private (default), public, vips
       proto: tcp               # tcp, udp, vrrp, or a list of them
       ports: [443]             # tcp/udp only
+      listening: true          # optional, tcp: accepted only while a socket listens there
 
 A machine in a `to` group accepts the flow on its input chain; a machine in a `from` group
 may open it on its output chain. Sources are the `from` machines' addresses on the same net
 (their private addresses for ``at: private``; their public ones, else private, otherwise).
 A machine never lists itself: traffic to its own addresses goes over loopback.
+
+`listening` (nftables' socket match) makes a connection to a port nobody listens on fall to
+the default drop instead of being reset by the kernel: for the VIPs, a client that reaches
+an LB whose HAProxy just died, before its VIP moves, retransmits its SYN (~1 s later) to the
+new owner instead of failing.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ PROTOCOLS = {"tcp": 6, "udp": 17, "vrrp": 112}
 # The groups every hastack inventory may have (hastack.inventory.GROUPS, plus the parents).
 KNOWN_GROUPS = ("all", "loadbalancer", "dns", "web", "app", "database", "db_primary",
                 "db_replica", "monitoring")
-FLOW_KEYS = {"name", "from", "to", "at", "proto", "ports"}
+FLOW_KEYS = {"name", "from", "to", "at", "proto", "ports", "listening"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SSH_PORT = 22
 
@@ -62,6 +68,7 @@ class Flow:
     at: str
     protos: tuple[str, ...]
     ports: tuple[int, ...]
+    listening: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,8 +219,13 @@ def parse_flows(raw: Any, known_groups: Iterable[str] = ()) -> list[Flow]:
         for p in ports:
             if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535:
                 raise FlowError(f"{where}: port '{p}' must be a number from 1 to 65535")
+        listening = item.get("listening", False)
+        if not isinstance(listening, bool):
+            raise FlowError(f"{where}: listening must be true or false, not '{listening}'")
+        if listening and protos != ["tcp"]:
+            raise FlowError(f"{where}: listening goes with tcp only")
         flows.append(Flow(name, tuple(sources), tuple(targets), at, tuple(protos),
-                          tuple(sorted(set(ports)))))
+                          tuple(sorted(set(ports))), listening))
     return flows
 
 
@@ -237,13 +249,14 @@ class Rule:
     daddr: tuple[str, ...] | None
     proto: str
     ports: tuple[int, ...]
+    listening: bool = False  # input only: accepted while a socket listens (socket match)
 
     def to_dict(self) -> dict[str, Any]:
         return {"chain": self.chain, "flow": self.flow, "family": self.family,
                 "saddr": list(self.saddr) if self.saddr is not None else None,
                 "daddr": list(self.daddr) if self.daddr is not None else None,
                 "proto": self.proto, "protocol": PROTOCOLS[self.proto],
-                "ports": list(self.ports)}
+                "ports": list(self.ports), "listening": self.listening}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Rule:
@@ -251,7 +264,8 @@ class Rule:
             return None if v is None else tuple(str(a) for a in v)
 
         return cls(str(d["chain"]), str(d["flow"]), d.get("family"), opt(d.get("saddr")),
-                   opt(d.get("daddr")), str(d["proto"]), tuple(int(p) for p in d["ports"]))
+                   opt(d.get("daddr")), str(d["proto"]), tuple(int(p) for p in d["ports"]),
+                   bool(d.get("listening", False)))
 
     def matches(self, source: str, destination: str, proto: str, port: int | None) -> bool:
         if proto != self.proto or (self.ports and port not in self.ports):
@@ -321,7 +335,8 @@ def _split(chain: str, flow: Flow, saddr: tuple[str, ...] | None,
             continue
         for proto in flow.protos:
             ports = flow.ports if proto in ("tcp", "udp") else ()
-            rules.append(Rule(chain, flow.name, family, s, d, proto, ports))
+            rules.append(Rule(chain, flow.name, family, s, d, proto, ports,
+                              flow.listening and chain == "input"))
     return rules
 
 

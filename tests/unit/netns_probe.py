@@ -8,6 +8,9 @@ made the same way, holds every other address (on v1, the other end). Then:
   kernel answered (RST / port unreachable: nothing listens); blocked = silence (dropped).
 - outbound probes: the machine connects to B. Reached = B's RST; blocked = refused locally.
 
+The spec's `listen` ([address, port] pairs) opens TCP listeners on the machine first: rules
+with the socket match accept only while something listens.
+
 Nothing here can touch the host's ruleset: it refuses to run unless its network namespace
 differs from the one the caller ran in (HASTACK_OUTER_NETNS).
 """
@@ -100,6 +103,13 @@ def main(spec_path: str) -> int:
         for addr in spec["others"]:
             sh("ip", "addr", "add", addr, "dev", "v1", ns=peer.pid)
         sh("ip", "link", "set", "v1", "up", ns=peer.pid)
+        listeners = []
+        for address, port in spec.get("listen", []):
+            server = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind((address, port))
+            server.listen(256)
+            listeners.append(server)
         results = run(spec["probes"], peer.pid, TIMEOUT)
         # silence where an answer was expected: ask again, patiently (a loaded test machine)
         late = [p for p in spec["probes"] if p.get("want") and results[p["id"]] == "blocked"]

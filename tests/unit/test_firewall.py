@@ -123,7 +123,7 @@ RULE_RE = re.compile(
     r'^(?:(?P<sfam>ip6?) saddr \{ (?P<saddr>[^}]*) \} )?'
     r'(?:(?P<dfam>ip6?) daddr \{ (?P<daddr>[^}]*) \} )?'
     r'(?:(?P<proto>tcp|udp) dport \{ (?P<ports>[^}]*) \}|meta l4proto (?P<l4>\d+)) '
-    r'counter accept comment "(?P<flow>[^"]+)"$')
+    r'(?P<listening>socket transparent 0 )?counter accept comment "(?P<flow>[^"]+)"$')
 BUILTIN = {"established", "invalid", "loopback", "icmp-echo", "icmp-errors", "icmpv6-echo",
            "icmpv6-errors", "icmpv6-nd", "icmp-out", "icmpv6-out", "default-drop",
            "forward-drop", "default-reject"}
@@ -162,7 +162,7 @@ def parsed_flow_rules(text: str) -> list[firewall.Rule]:
             proto = m["proto"] or protocols[int(m["l4"])]
             ports = tuple(int(p) for p in split(m["ports"]) or ())
             out.append(firewall.Rule(chain, m["flow"], family, split(m["saddr"]),
-                                     split(m["daddr"]), proto, ports))
+                                     split(m["daddr"]), proto, ports, bool(m["listening"])))
     return out
 
 
@@ -420,6 +420,10 @@ def test_admin_addresses_and_extra_flows():
     ({"name": "x", "to": "app", "proto": "tcp", "ports": [1]}, "needs both 'from' and 'to'"),
     ({"name": "x", True: "vips", "from": "web", "to": "app", "proto": "tcp", "ports": [1]},
      "unknown key(s) True"),
+    ({"name": "x", "from": "web", "to": "app", "proto": "tcp", "ports": [1], "listening": "y"},
+     "listening must be true or false"),
+    ({"name": "x", "from": "web", "to": "app", "proto": "udp", "ports": [1], "listening": True},
+     "listening goes with tcp only"),
 ])
 def test_bad_flows_are_one_clear_error(flow, message):
     with pytest.raises(firewall.FlowError) as err:
@@ -672,7 +676,8 @@ def _netns_usable() -> str | None:
     return None
 
 
-def _probe_machine(s: firewall.Site, host: str, tmp_path: Path, probes: list[dict]) -> dict:
+def _probe_machine(s: firewall.Site, host: str, tmp_path: Path, probes: list[dict],
+                   listen: list[tuple[str, int]] = ()) -> dict:
     """Load host's ruleset in a new netns; every other address sits behind a veth."""
     prefix = {"private": 24, "public": 24}
     m = s.machines[host]
@@ -688,7 +693,8 @@ def _probe_machine(s: firewall.Site, host: str, tmp_path: Path, probes: list[dic
     for i, p in enumerate(probes):
         p["id"] = str(i)
     spec.write_text(json.dumps({"ruleset": str(ruleset), "machine": mine,
-                                "others": [f"{a}/24" for a in others], "probes": probes}))
+                                "others": [f"{a}/24" for a in others], "probes": probes,
+                                "listen": [list(x) for x in listen]}))
     env = {**os.environ, "HASTACK_OUTER_NETNS": os.readlink("/proc/self/ns/net")}
     result = subprocess.run(["unshare", "-n", sys.executable,
                              str(Path(__file__).with_name("netns_probe.py")), str(spec)],
@@ -711,8 +717,12 @@ def test_the_kernel_enforces_the_rules(host, tmp_path):
     m = s.machines[host]
     ports = sorted({p for f in FLOWS for p in f.get("ports", [])} | {80, 5432})
     dests = [m.private] + ([m.public] if m.public else [])
+    listen: list[tuple[str, int]] = []
+    unheard: set[str] = set()  # an LB's VIP where nothing listens (HAProxy dead)
     if host in s.groups["loadbalancer"]:
         dests += list(s.vips)
+        listen = [(s.vips[0], 80), (s.vips[0], 443)]
+        unheard = set(s.vips[1:])
     sources = sorted(a for a in every_address(s) - set(dests)
                      if a.startswith("198.1") and a != "198.18.0.1") + ["198.18.0.1"]
     probes = []
@@ -723,6 +733,8 @@ def test_the_kernel_enforces_the_rules(host, tmp_path):
                     if _net(source) != _net(dest):
                         continue  # no route between the nets in this little lab
                     want = accepts(s, host, source, dest, proto, port)
+                    if dest in unheard and port in (80, 443):
+                        want = False  # site-from-anyone is `listening`: dropped, not reset
                     probes.append({"direction": "in", "src": source, "dst": dest,
                                    "proto": proto, "port": port, "want": bool(want)})
     others = sorted(a for a in every_address(s) - set(dests) if a.startswith("198.1")
@@ -732,7 +744,7 @@ def test_the_kernel_enforces_the_rules(host, tmp_path):
             want = opens(s, host, dest, "tcp", port)
             probes.append({"direction": "out", "src": None, "dst": dest, "proto": "tcp",
                            "port": port, "want": bool(want)})
-    out = _probe_machine(s, host, tmp_path, probes)
+    out = _probe_machine(s, host, tmp_path, probes, listen)
     wrong = [(p["direction"], p["src"], p["dst"], p["proto"], p["port"], out["results"][p["id"]])
              for p in probes if (out["results"][p["id"]] == "reached") != p["want"]]
     assert not wrong, wrong[:10]
