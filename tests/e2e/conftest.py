@@ -36,17 +36,23 @@ def run(*args: str, check: bool = True, timeout: float = 1200,
     return result
 
 
-def deploy_with(lab: Lab, tmp_path: Path, **variables: object
-                ) -> tuple[str, subprocess.CompletedProcess[str]]:
-    """`hastack deploy -i` of the lab's own inventory (its secrets too) with extra all.vars,
-    expected to be refused: returns its one error line and the result."""
+def deploy_vars(lab: Lab, tmp_path: Path, check: bool = True, **variables: object
+                ) -> subprocess.CompletedProcess[str]:
+    """`hastack deploy -i` of the lab's own inventory (its secrets too) with extra all.vars.
+    `hastack up --force-deploy` puts the lab's own values back."""
     data = yaml.safe_load(Path(lab.status["inventory"]).read_text())
     data["all"]["vars"].update({k: v if isinstance(v, list | dict) else str(v)
                                 for k, v in variables.items()})
     inventory = tmp_path / "servers.yml"
     inventory.write_text(yaml.safe_dump(data))
-    result = run("deploy", "-i", str(inventory), "--secrets-dir",
-                 str(Path(lab.status["inventory"]).parent / "secrets"), check=False)
+    return run("deploy", "-i", str(inventory), "--secrets-dir",
+               str(Path(lab.status["inventory"]).parent / "secrets"), check=check)
+
+
+def deploy_with(lab: Lab, tmp_path: Path, **variables: object
+                ) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """deploy_vars expected to be refused: returns its one error line and the result."""
+    result = deploy_vars(lab, tmp_path, check=False, **variables)
     assert result.returncode != 0, result.stdout[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

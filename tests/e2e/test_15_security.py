@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from hastack import siteclient
 
-from .conftest import deploy_with, poll, run
+from .conftest import deploy_vars, deploy_with, poll, run
 
 # In the lab's public net, used by no machine: a noisy client, a scanner, a bystander.
 UNTRUSTED = ("198.18.0.250", "198.18.0.251", "198.18.0.252")
@@ -89,6 +89,7 @@ def test_tls12_and_13_with_h2_ecdhe_aead_only(lab):
     for vip in lab.vips:
         out12 = _handshake(vip, lab.domain, "tls1_2")
         assert "Protocol  : TLSv1.2" in out12
+        assert "TLS session ticket:" not in out12  # no-tls-tickets: nothing to rotate
         cipher = out12.split("Cipher is ")[1].split()[0]
         assert cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher), cipher
         out13 = _handshake(vip, lab.domain, "tls1_3")
@@ -211,16 +212,8 @@ def test_a_scanner_banned_through_one_vip_is_refused_through_both_until_unbanned
             except httpx.HTTPError:
                 break  # banned mid-scan: the edge refuses the connection
 
-    def refused(vip: str) -> bool:
-        try:
-            with outside(lab, vip, scanner, timeout=2) as c:
-                c.get("/healthz")
-        except httpx.HTTPError:
-            return True
-        return False
-
     for vip in lab.vips:
-        poll(lambda v=vip: refused(v), 15, f"the scanner to be refused on {vip}")
+        poll(lambda v=vip: _refused(lab, v, scanner), 15, f"the scanner to be refused on {vip}")
     listed = run("lb", "bans").stdout
     assert listed.count(scanner) == len(lab.names("loadbalancer")), listed
     with outside(lab, lab.vips[0], clients[2]) as bystander:
@@ -232,6 +225,38 @@ def test_a_scanner_banned_through_one_vip_is_refused_through_both_until_unbanned
             with outside(lab, v, scanner, timeout=2) as c:
                 return c.get("/healthz").status_code == 200
         poll(served, 10, f"the unbanned client to be served on {vip}")
+
+
+def test_a_ban_ends_by_itself_when_its_time_is_up(lab, clients, tmp_path):
+    """Without `hastack lb unban`: the shared table's entry expires and fail2ban's ban with
+    it (a short ban time for the test; the lab's own is put back after)."""
+    scanner = clients[1]
+    seconds = 20
+    deploy_vars(lab, tmp_path, loadbalancer_ban_seconds=seconds)
+    try:
+        with outside(lab, lab.vips[0], scanner, timeout=2) as c:
+            for i in range(40):
+                try:
+                    c.get(f"/xmlrpc-{i}.php")
+                except httpx.HTTPError:
+                    break
+        poll(lambda: _refused(lab, lab.vips[1], scanner), 15, "the scanner refused on VIP-B")
+        banned_at = time.monotonic()
+        for vip in lab.vips:
+            poll(lambda v=vip: not _refused(lab, v, scanner), seconds + 30,
+                 f"the ban to end by itself on {vip}")
+        assert time.monotonic() - banned_at >= seconds - 5  # it was a ban, not a blip
+    finally:
+        run("lb", "unban", scanner, check=False)
+        run("up", "--force-deploy")
+
+
+def _refused(lab, vip: str, client: str) -> bool:
+    try:
+        with outside(lab, vip, client, timeout=2) as c:
+            return c.get("/healthz").status_code != 200
+    except httpx.HTTPError:
+        return True
 
 
 # ---- bad input: refused in one line before anything is applied ---------------------------
