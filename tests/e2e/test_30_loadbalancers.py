@@ -30,8 +30,9 @@ def _owners_are_the_masters(lab) -> bool:
 
 
 # Goals (docs/figures.md, LB tier): the new owner answers VIP-A within this long of the fault,
-# and no request fails but those the dying LB held at that instant (in flight on it, or sent
-# to it before its VIP moved, which only the failover time bounds).
+# and no request fails but those the dying LB held at that instant. A connection that arrives
+# before the VIP moves is not refused: the LB's firewall drops a SYN nobody listens for
+# (flow site-from-anyone, `listening`), and the client's retransmission meets the new owner.
 FAILOVER_GOAL_S = {"haproxy": 0.5, "power": 1.5}
 
 
@@ -65,14 +66,6 @@ def test_each_vip_is_served_by_its_master(lab):
     poll(lambda: _owners_are_the_masters(lab), 15, "VIP-A on lb1 and VIP-B on lb2")
 
 
-_WINDOW_RESETS = ("connections that arrive while the dead LB still holds the VIP (the failover "
-                  "window, ~60 ms after a HAProxy kill, ~0.5 s after a power cut) are reset by "
-                  "its kernel: measured 2 failed vs 1 in flight (HAProxy) and 5 vs 1 (power); "
-                  "a fix would drop, not reset, SYNs to the VIP with no listener (nftables "
-                  "socket match), so clients retransmit to the new owner")
-
-
-@pytest.mark.xfail(reason=_WINDOW_RESETS, strict=False)
 def test_haproxy_killed_moves_the_vip(lab):
     api = LabApi()
     vip_a = lab.vips[0]
@@ -86,7 +79,11 @@ def test_haproxy_killed_moves_the_vip(lab):
     poll(lambda: _owners_are_the_masters(lab), 20, "VIP-A back on lb1 once HAProxy is back")
 
 
-@pytest.mark.xfail(reason=_WINDOW_RESETS, strict=False)
+@pytest.mark.xfail(reason="a power cut still fails a few requests that were not in flight: "
+                          "connections made 20-30 ms after the plug is pulled are reset or "
+                          "refused while the machine's network namespace is torn down (2 failed, "
+                          "0 in flight, in 1 of 2 runs on 2026-11-28; 0 failed in the other)",
+                   strict=False)
 def test_lb_machine_power_cut_moves_both_vips_and_they_return(lab):
     api = LabApi()
     poll(lambda: _owners_are_the_masters(lab), 15, "the VIPs on their masters")
