@@ -142,7 +142,7 @@ def test_replica_black_hole_costs_one_slow_read(make_app, lab):
     assert client.get(LISTING).headers["X-DB-Role"] == "replica"
     reads, writes = [], []
     with stopped(lab.replica):
-        until = time.monotonic() + 2 + WATCH  # the first read may take 2 s of it
+        until = time.monotonic() + 1 + WATCH  # the first read may take 0.5 s of it
         while time.monotonic() < until:
             took, listing = timed(lambda: client.get(LISTING))
             assert listing.status_code == 200
@@ -154,9 +154,10 @@ def test_replica_black_hole_costs_one_slow_read(make_app, lab):
             assert post.status_code == 201
             writes.append(took)
         report("replica SIGSTOPped", reads, writes)
-    # Only the read in flight on the replica when it went silent waited (2 s read timeout);
-    # the replica was marked down then, and its health checks run in the background.
-    assert sum(t > STUCK for t in reads) <= 1 and max(reads) < 2.5
+    # Only the read that found the replica silent waited, and only the replica read timeout
+    # (0.5 s, not the 2 s read timeout), then went to the primary: the replica was marked
+    # down then, and its health checks run in the background.
+    assert sum(t > 0.4 for t in reads) <= 1 and max(reads) < STUCK
     assert max(writes) < STUCK and p99(writes) < NORMAL_P99
     assert p99(sorted(reads)[:-1]) < NORMAL_P99
     lab.wait_replica_caught_up()

@@ -34,7 +34,7 @@ class SilentNode(FakeNode):
         self.silent = threading.Event()
         self.calls_while_silent = 0
 
-    def run(self, work, *, transaction=False):
+    def run(self, work, *, transaction=False, read_timeout=None):
         if self.silent.is_set():
             self.calls_while_silent += 1
             time.sleep(self.timeout)

@@ -37,8 +37,10 @@ class FakeNode:
         self.statements: list[str] = []
         self.transactions = 0
         self.committed = 0
+        self.read_timeouts: list[float | None] = []
 
-    def run(self, work, *, transaction=False):
+    def run(self, work, *, transaction=False, read_timeout=None):
+        self.read_timeouts.append(read_timeout)
         if self.down:  # like Node.run when it cannot connect: nothing was sent
             raise NodeUnavailable(self.name, ConnectionRefusedError("refused"), not_applied=True)
         self.transactions += transaction
@@ -460,3 +462,37 @@ def test_a_refused_connection_means_nothing_was_applied():
     with pytest.raises(NodeUnavailable) as caught:
         node.run(who, transaction=True)
     assert caught.value.not_applied and not caught.value.read_only
+
+
+def test_a_replica_read_has_the_short_replica_timeout_and_a_gtid_wait_on_top():
+    replica = FakeNode("db2", gtid_wait=0)
+    router, _ = make_router(replica, replica_read_timeout=0.4, gtid_wait_timeout=0.5)
+    router.view()  # the health checks (None: the node's own timeouts)
+    replica.read_timeouts.clear()
+    router.read(who)
+    router.read(who, min_gtid="0-1-7")
+    assert replica.read_timeouts == [0.4, 0.9, 0.4]
+
+
+def test_a_read_when_the_primary_dies_between_checks_is_served_by_its_replica():
+    """The replica's IO thread already lost the primary (so it is not fit), the last check
+    still saw db1 writable: the read finds db1 dead, and db2, which holds everything db1
+    acknowledged, serves it instead of the client getting a 503."""
+    clock = FakeTime()
+    replica = FakeNode("db2", rows=slave_status(io="Connecting"))
+    router, events = make_router(replica, clock=clock.clock, sleep=clock.sleep)
+    assert router.view().primary is router.configured_primary
+    router.configured_primary.down = True
+    routed = router.read(who)
+    assert (routed.value, routed.role) == ("db2", REPLICA)
+    assert ("fallback", "primary_gone") in events.events
+
+
+def test_a_read_with_the_primary_and_every_replica_gone_is_refused():
+    clock = FakeTime()
+    replica = FakeNode("db2", rows=slave_status(io="Connecting", sql="No"))
+    router, _ = make_router(replica, clock=clock.clock, sleep=clock.sleep)
+    router.view()
+    router.configured_primary.down = True
+    with pytest.raises(NoPrimary):
+        router.read(who)

@@ -33,6 +33,7 @@ def build_router(config: Config) -> Router:
         [Node(address, settings) for address in config.db.replicas],
         max_lag=config.max_replica_lag,
         gtid_wait_timeout=config.gtid_wait_timeout,
+        replica_read_timeout=config.replica_read_timeout,
         check_interval=config.replica_check_interval,
         write_retry_seconds=config.write_retry_seconds,
         events=metrics.PrometheusEvents(),

@@ -41,6 +41,8 @@ class Config:
     db: DatabaseConfig
     max_replica_lag: float = 1.0
     gtid_wait_timeout: float = 0.5
+    # A read on a replica that has not answered by then goes elsewhere (foobar.db.router).
+    replica_read_timeout: float = 0.5
     # How long work on the primary is retried when that is safe (see foobar.db.router).
     write_retry_seconds: float = 5.0
     # Not an env var: how long the nodes' role/health answers are reused (tests stretch it).
@@ -57,6 +59,7 @@ class Config:
             db=database_from_env(env),
             max_replica_lag=_seconds(env, "FOOBAR_MAX_REPLICA_LAG", 1.0),
             gtid_wait_timeout=_seconds(env, "FOOBAR_GTID_WAIT_TIMEOUT", 0.5),
+            replica_read_timeout=_seconds(env, "FOOBAR_REPLICA_READ_TIMEOUT", 0.5),
             # Below gunicorn's 30 s worker timeout, so a waiting request is never killed.
             write_retry_seconds=_seconds(
                 env, "FOOBAR_WRITE_RETRY_SECONDS", 5.0, maximum=WRITE_RETRY_MAX

@@ -244,17 +244,23 @@ def connect(address: NodeAddress, settings: ConnectSettings) -> pymysql.connecti
 
 
 @contextlib.contextmanager
-def _quick(conn: pymysql.connections.Connection):
-    """Read the next answer with QUICK_ANSWER_TIMEOUT (if shorter than the read timeout)."""
+def _reading_within(conn: pymysql.connections.Connection, seconds: float | None):
+    """Read the answers of the block within `seconds` each (if shorter than the read
+    timeout; None: the read timeout)."""
     usual = conn._read_timeout  # PyMySQL re-applies it to the socket before each read
-    if usual is not None and usual <= QUICK_ANSWER_TIMEOUT:
+    if seconds is None or (usual is not None and usual <= seconds):
         yield
         return
-    conn._read_timeout = QUICK_ANSWER_TIMEOUT
+    conn._read_timeout = seconds
     try:
         yield
     finally:
         conn._read_timeout = usual
+
+
+def _quick(conn: pymysql.connections.Connection):
+    """Read the next answer with QUICK_ANSWER_TIMEOUT (if shorter than the read timeout)."""
+    return _reading_within(conn, QUICK_ANSWER_TIMEOUT)
 
 
 class Node:
@@ -303,11 +309,14 @@ class Node:
         self._local.used_at = time.monotonic()
         return conn
 
-    def run(self, work: Callable[[Any], T], *, transaction: bool = False) -> T:
+    def run(self, work: Callable[[Any], T], *, transaction: bool = False,
+            read_timeout: float | None = None) -> T:
         """Run work(cursor) on this node; with transaction=True inside BEGIN/COMMIT.
 
-        Raises NodeUnavailable (with not_applied set as described there) on connection
-        failures and on a read-only refusal; other database errors pass through.
+        read_timeout: each answer of a non-transactional work within this many seconds
+        (when shorter than the node's read timeout), e.g. a read that has somewhere else
+        to go. Raises NodeUnavailable (with not_applied set as described there) on
+        connection failures and on a read-only refusal; other database errors pass through.
         """
         conn = self._connection()  # NodeUnavailable(not_applied=True) if it cannot connect
         work_sent = False
@@ -315,7 +324,8 @@ class Node:
             with conn.cursor() as cursor:
                 if not transaction:
                     work_sent = True
-                    return work(cursor)
+                    with _reading_within(conn, read_timeout):
+                        return work(cursor)
                 # A BEGIN that fails leaves nothing behind: the work is not sent yet.
                 with _quick(conn):
                     conn.begin()

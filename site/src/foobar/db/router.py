@@ -115,6 +115,7 @@ class Router:
         *,
         max_lag: float = 1.0,
         gtid_wait_timeout: float = 0.5,
+        replica_read_timeout: float = 0.5,
         check_interval: float = 1.0,
         write_retry_seconds: float = 5.0,
         events: RouterEvents | None = None,
@@ -132,6 +133,7 @@ class Router:
                 self.nodes.append(node)
         self.max_lag = max_lag
         self.gtid_wait_timeout = gtid_wait_timeout
+        self.replica_read_timeout = replica_read_timeout
         self.write_retry_seconds = write_retry_seconds
         self.events = events or RouterEvents()
         self._clock = clock
@@ -244,12 +246,27 @@ class Router:
         """Run a read-only work(cursor); min_gtid is the client's last write, if any."""
         view = self.view()
         tried: list[Node] = []
+        primary_failed = False
         while True:
             replica = self.choose_replica(view, tried)
             if replica is None:
                 if not tried and len(self.nodes) > 1:
                     self.events.fallback("no_healthy_replica")
-                return self._read_on_primary(work, view)
+                try:
+                    return self._read_on_primary(work, view)
+                except NodeUnavailable:
+                    # The primary died after the last check: its replicas lost it too (so
+                    # none was fit) but still hold everything it acknowledged. Once the
+                    # checks say it is gone they serve reads (stale_replicas), as they do
+                    # for every request after this one.
+                    view = self.view()
+                    if primary_failed or not view.primary_gone or not any(
+                        n not in tried for n in view.stale_replicas
+                    ):
+                        raise
+                    primary_failed = True
+                    self.events.fallback("primary_gone")
+                    continue
             stale = replica not in view.replicas
             try:
                 if min_gtid:
@@ -258,13 +275,16 @@ class Router:
                     # replica that lost its primary receives nothing more: no use waiting.
                     timeout = 0 if stale else self.gtid_wait_timeout
                     caught_up = replica.run(
-                        lambda cursor, timeout=timeout: gtid.wait_for(cursor, min_gtid, timeout)
+                        lambda cursor, timeout=timeout: gtid.wait_for(cursor, min_gtid, timeout),
+                        read_timeout=timeout + self.replica_read_timeout,
                     )
                     self.events.gtid_wait("caught_up" if caught_up else "timeout")
                     if not caught_up:
                         self.events.fallback("gtid_wait_timeout")
                         return self._read_on_primary(work, view)
-                value = replica.run(work)
+                # A replica that went silent (its link cut, its machine gone) costs this read
+                # replica_read_timeout, not the full read timeout: the read moves on.
+                value = replica.run(work, read_timeout=self.replica_read_timeout)
             except NodeUnavailable as exc:
                 self._failed(replica, exc, bench=True)
                 self.events.fallback("replica_error")
