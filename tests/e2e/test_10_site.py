@@ -54,3 +54,18 @@ def test_static_assets_come_from_nginx_with_caching_headers(lab):
         assert r.status_code == 200
         assert r.headers["x-served-by"].endswith("/static")
         assert "max-age=3600" in r.headers["cache-control"]
+
+
+def test_a_static_asset_asked_again_comes_from_the_load_balancers_cache(lab):
+    """HAProxy keeps /static/ answers in memory (max-age 60 s): a repeat costs no hop to a
+    web server. A cached answer carries Age; a page never does (nginx marks it uncacheable)."""
+    with lab.client(lab.vips[0]) as c:
+        first = c.get("/static/logo.svg")
+        again = c.get("/static/logo.svg")
+        page = [c.get("/") for _ in range(2)]
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    assert "age" in again.headers, dict(again.headers)
+    assert int(again.headers["age"]) <= 60
+    assert again.headers["strict-transport-security"]  # the edge's headers still added
+    assert all("age" not in p.headers for p in page)
