@@ -26,6 +26,7 @@ lint: deps
 bench: deps
 	$(VENV)/bin/python bench/lab_lifecycle.py
 	$(HASTACK) up
+	$(HASTACK) bench
 	$(VENV)/bin/python bench/lb_faults.py
 	$(VENV)/bin/python bench/db_tier.py
 	$(VENV)/bin/python bench/monitoring_detection.py

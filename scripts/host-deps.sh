@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install what the controller (this host) needs from Debian, only if something is missing.
 #  systemd-container, debootstrap: the lab machines and their image
-#  openssh-client: Ansible and `hastack ssh`;  wrk: benchmarks
+#  openssh-client: Ansible and `hastack ssh`;  wrk: benchmarks;  apache2-utils: ab, the
+#  generator of `hastack bench` (it presents a client certificate, which the direct requests need)
 #  mariadb-server, openssl: the site's own tests start throwaway MariaDB servers (never the
 #  host's service: it is kept from starting during the install)
 #  prometheus, prometheus-alertmanager, prometheus-blackbox-exporter: promtool, amtool and
 #  blackbox's --config.check for the monitoring tests (their services are kept from starting)
 #  chromium, fonts-dejavu-core: the status page's e2e test renders it headless (screenshot)
 set -euo pipefail
-packages=(systemd-container debootstrap openssh-client iproute2 util-linux wrk
+packages=(systemd-container debootstrap openssh-client iproute2 util-linux wrk apache2-utils
           mariadb-server mariadb-client openssl gzip
           prometheus prometheus-alertmanager prometheus-blackbox-exporter
           chromium fonts-dejavu-core)

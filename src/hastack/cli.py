@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from hastack import bench as benchmark
 from hastack import db, lb, topology
 from hastack import status as monitoring_status
 from hastack.chaos import catalog as chaos_catalog
@@ -315,6 +316,45 @@ def chaos(faults: Annotated[str | None, typer.Option(
     if data["verdict"]:
         raise HastackError("chaos: " + "; ".join(data["verdict"])
                            + f" (report: {written['markdown']})")
+
+
+@app.command()
+def bench(seconds: Annotated[int, typer.Option(
+              help=f"how long each measurement runs, 1..{benchmark.MAX_SECONDS} s")] = 8,
+          concurrency: Annotated[int, typer.Option(
+              help=f"connections the generator keeps open, 1..{benchmark.MAX_CONCURRENCY}")]
+          = 16,
+          as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")]
+          = False,
+          inventory: InventoryOpt = None, secrets_dir: SecretsOpt = None) -> None:
+    """Throughput and latency through a VIP beside the same requests made directly to one
+    nginx and one gunicorn, in one run: a static asset, a page and a write, over HTTPS."""
+    fleet = _fleet(inventory, secrets_dir)
+    progress = (lambda line: None) if as_json else (lambda line: out.print(line,
+                                                                          highlight=False))
+    data = benchmark.run(fleet, seconds, concurrency, progress)
+    if as_json:
+        print(json.dumps(data))
+        return
+    gen = data["generator"]
+    table = Table("kind", "route", "answered by", "req/s", "p50 ms", "p99 ms", "requests",
+                  "errors", title="hastack bench")
+    for m in data["measurements"]:
+        table.add_row(m["kind"], m["route"], m["target"], f"{m['rps']:.0f}",
+                      f"{m['p50_ms']:g}", f"{m['p99_ms']:g}", str(m["requests"]),
+                      str(m["errors"]))
+    out.print(table)
+    for r in data["ratios"]:
+        goal = "" if r["goal"] is None else (f"  (goal >= {r['goal']}: "
+                                             f"{'met' if r['met'] else 'MISSED'})")
+        out.print(f"{r['kind']}: via VIP / direct to {r['direct']} = {r['ratio']}{goal}",
+                  highlight=False)
+    machine_cores = ", ".join(f"{k} {v}" for k, v in data["machine_cores"].items())
+    out.print(f"generator: {gen['tool']} on {gen['where']}, {gen['cores']} cores, "
+              f"{gen['concurrency']} keep-alive connections, {gen['seconds']} s each, "
+              f"at most {max(m['generator_cores'] for m in data['measurements']):.2f} cores "
+              f"used by it; cores of the machines answering directly: {machine_cores}",
+              highlight=False)
 
 
 def main() -> None:
