@@ -3,8 +3,9 @@
 - replication lag p50/p99 under a bounded write load (default 500 writes/s for 10 s), measured
   on an app machine with the site's own credentials (GTID of each sampled write, waited for on
   the replica with MASTER_GTID_WAIT);
-- read and write throughput of the site through a VIP over HTTPS (wrk, keep-alive);
 - switchover write outage: the longest a write waited (or failed) while the primary moved.
+
+Throughput through a VIP beside the same requests made directly: `hastack bench`.
 
     .venv/bin/python bench/db_tier.py [--rate 500] [--seconds 10]
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -23,10 +23,6 @@ from hastack.lab.lab import Lab
 from hastack.loadgen import BackgroundLoad
 
 HERE = Path(__file__).resolve().parent
-POST_LUA = """wrk.method = "POST"
-wrk.body = '{"author": "wrk", "body": "throughput"}'
-wrk.headers["Content-Type"] = "application/json"
-"""
 
 
 def replication_lag(lab: Lab, rate: float, seconds: float) -> dict:
@@ -42,30 +38,6 @@ def replication_lag(lab: Lab, rate: float, seconds: float) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"lag probe failed on {app}: {result.stderr.strip()}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def wrk(url: str, host: str, lua: Path | None, seconds: int = 8) -> float:
-    cmd = ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", f"Host: {host}", url]
-    if lua:
-        cmd[1:1] = ["-s", str(lua)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
-def throughput(lab: Lab) -> dict:
-    """Reads and writes through a VIP over HTTPS (wrk, keep-alive at the edge). The direct
-    comparison with one gunicorn is no longer made from the host: the firewall lets only the
-    web tier reach the app servers, and only with a certificate of the internal CA."""
-    topo = lab.require_topology()
-    vip = str(topo.vips[0].address)
-    lua = Path("/tmp/hastack-bench-post.lua")
-    lua.write_text(POST_LUA)
-    figures = {}
-    for kind, path, script in (("read", "/api/messages?limit=20", None),
-                               ("write", "/messages", lua)):
-        figures[f"{kind}_via_vip_https_rps"] = wrk(f"https://{vip}{path}", topo.domain, script)
-    lua.unlink()
-    return figures
 
 
 def switchover_outage(lab: Lab) -> dict:
@@ -100,7 +72,6 @@ def main() -> None:
     args = parser.parse_args()
     lab = Lab()
     figures = {"replication": replication_lag(lab, args.rate, args.seconds),
-               "throughput": throughput(lab),
                "switchover": switchover_outage(lab)}
     print(json.dumps(figures, indent=2))
 
