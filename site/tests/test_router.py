@@ -496,3 +496,20 @@ def test_a_read_with_the_primary_and_every_replica_gone_is_refused():
     router.configured_primary.down = True
     with pytest.raises(NoPrimary):
         router.read(who)
+
+
+def test_a_replica_that_lost_its_primary_is_still_waited_on_for_the_clients_write():
+    """It applies what it received (with semi-sync, every acknowledged write), and the
+    client's write may come from a primary that is back while this process still thinks it
+    gone: the read waits the usual GTID timeout there instead of failing at once."""
+    clock = FakeTime()
+    replica = FakeNode("db2", rows=slave_status(io="Connecting"), gtid_wait=0)
+    router, events = make_router(replica, clock=clock.clock, sleep=clock.sleep,
+                                 gtid_wait_timeout=0.5, replica_read_timeout=0.5)
+    router.configured_primary.down = True
+    assert router.view().primary_gone
+    replica.read_timeouts.clear()
+    routed = router.read(who, min_gtid="0-1-9")
+    assert (routed.value, routed.role) == ("db2", REPLICA)
+    assert replica.read_timeouts[0] == 1.0  # MASTER_GTID_WAIT(.., 0.5) + the read's own
+    assert ("gtid_wait", "caught_up") in events.events

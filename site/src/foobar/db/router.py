@@ -272,8 +272,11 @@ class Router:
                 if min_gtid:
                     # GTIDs are global: a position written on a former primary is waited for
                     # the same way on any replica, whichever node it replicates from now. A
-                    # replica that lost its primary receives nothing more: no use waiting.
-                    timeout = 0 if stale else self.gtid_wait_timeout
+                    # replica that lost its primary still applies what it received (with
+                    # semi-sync: every acknowledged write), and this process may be the last
+                    # to see that the primary is back (the client's write says it is): the
+                    # same wait.
+                    timeout = self.gtid_wait_timeout
                     caught_up = replica.run(
                         lambda cursor, timeout=timeout: gtid.wait_for(cursor, min_gtid, timeout),
                         read_timeout=timeout + self.replica_read_timeout,
