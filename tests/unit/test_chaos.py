@@ -216,6 +216,14 @@ def test_fault_figures():
     assert f["series"][1]["requests_per_s"] == 10 and f["series"][1]["errors_per_s"] == 2
 
 
+def test_p99_from_two_seconds_leaves_out_what_routing_around_the_fault_took():
+    slow_then_quick = ([_read(100 + i * 0.1, latency=1.0) for i in range(20)]
+                       + [_read(102 + i * 0.1, latency=0.02) for i in range(30)])
+    f = figures.fault_figures(slow_then_quick, t_inject=100.0, t_heal=105.0, t_healthy=None)
+    assert f["p99_ms"] == 1000.0
+    assert f["p99_settled_ms"] == 20.0
+
+
 def test_no_failure_means_no_window_and_restored_at_once():
     f = figures.fault_figures([_read(100.0), _read(100.5)], 100.2, 100.4, None)
     assert (f["error_window"], f["service_restored_s"], f["failed"]) == (None, 0.0, 0)
