@@ -3,6 +3,8 @@
 - replication lag p50/p99 under a bounded write load (default 500 writes/s for 10 s), measured
   on an app machine with the site's own credentials (GTID of each sampled write, waited for on
   the replica with MASTER_GTID_WAIT);
+- what semi-synchronous replication costs a commit: closed-loop INSERTs from an app machine
+  (4 threads, 8 s) with semi-sync on, off (switched at run time on the primary), on again;
 - switchover write outage: the longest a write waited (or failed) while the primary moved.
 
 Throughput through a VIP beside the same requests made directly: `hastack bench`.
@@ -40,6 +42,31 @@ def replication_lag(lab: Lab, rate: float, seconds: float) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def semi_sync_cost(lab: Lab, seconds: float = 8) -> dict:
+    nodes = db.status(lab)
+    primary = next(n for n in nodes if n.role == "primary")
+    app = lab.require_topology().with_role("app")[0].name
+    script = (HERE / "remote" / "commit_cost.py").read_text()
+
+    def run(mode: str) -> dict:
+        lab.run_checked(primary.name, f"mariadb -e 'SET GLOBAL rpl_semi_sync_master_enabled"
+                                      f" = {mode}'", "switching semi-sync")
+        result = lab.run_on(app, "set -a; . /etc/foobar/site.env; python3 - "
+                                 f"--primary {primary.address}:3306 --seconds {seconds}",
+                            stdin=script, timeout=seconds + 60)
+        if result.returncode != 0:
+            raise SystemExit(f"commit probe failed on {app}: {result.stderr.strip()}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    try:
+        figures = {"semi_sync_on": run("ON"), "async": run("OFF"),
+                   "semi_sync_on_again": run("ON")}
+    finally:
+        lab.run_checked(primary.name, "mariadb -e 'SET GLOBAL rpl_semi_sync_master_enabled = ON'",
+                        "switching semi-sync back on")
+    return figures
+
+
 def switchover_outage(lab: Lab) -> dict:
     nodes = db.status(lab)
     old = next(n for n in nodes if n.role == "primary").name
@@ -72,6 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     lab = Lab()
     figures = {"replication": replication_lag(lab, args.rate, args.seconds),
+               "semi_sync_cost": semi_sync_cost(lab),
                "switchover": switchover_outage(lab)}
     print(json.dumps(figures, indent=2))
 

@@ -235,17 +235,21 @@ app.add_typer(db_app, name="db")
 @db_app.command("status")
 def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON array")] = False,
               inventory: InventoryOpt = None) -> None:
-    """Each database node: role, GTID positions, replication threads, lag."""
+    """Each database node: role, GTID positions, replication threads, lag, semi-sync."""
     nodes = db.status_dicts(_fleet(inventory))
     if as_json:
         print(json.dumps(nodes))
         return
     table = Table("node", "role", "read only", "GTID (binlog)", "replicates from", "IO/SQL",
-                  "lag s", "threads running")
+                  "lag s", "semi-sync", "threads running")
     for n in nodes:
+        semi = n["semi_sync"] + ("" if n["semi_sync_replicas"] is None
+                                 else f" ({n['semi_sync_replicas']} acking)")
+        if n["role"] == "primary" and n["semi_sync"] == "off":
+            semi = f"[bold red]{semi}: async[/]"
         table.add_row(n["name"], n["role"], str(n["read_only"]), n["gtid_binlog_pos"],
                       n["replicating_from"], f"{n['io_running']}/{n['sql_running']}".strip("/"),
-                      "" if n["lag_seconds"] is None else str(n["lag_seconds"]),
+                      "" if n["lag_seconds"] is None else str(n["lag_seconds"]), semi,
                       "" if n["threads_running"] is None else str(n["threads_running"]))
     out.print(table)
 

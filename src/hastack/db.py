@@ -16,10 +16,18 @@ from hastack.errors import HastackError
 from hastack.fleet import Fleet
 from hastack.topology import Topology
 
+
+def _global_status(name: str) -> str:
+    return (f"(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+            f"WHERE VARIABLE_NAME='{name}')")
+
+
 STATUS_SQL = (
     "SELECT @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, "
-    "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-    "WHERE VARIABLE_NAME='THREADS_RUNNING'); SHOW SLAVE STATUS\\G"
+    f"{_global_status('THREADS_RUNNING')}, @@rpl_semi_sync_master_enabled, "
+    f"{_global_status('RPL_SEMI_SYNC_MASTER_STATUS')}, "
+    f"{_global_status('RPL_SEMI_SYNC_MASTER_CLIENTS')}, "
+    f"{_global_status('RPL_SEMI_SYNC_SLAVE_STATUS')}; SHOW SLAVE STATUS\\G"
 )
 
 
@@ -36,6 +44,12 @@ class NodeStatus:
     sql_running: str = ""
     lag_seconds: int | None = None
     threads_running: int | None = None
+    # Semi-synchronous replication. A primary: "on" (a commit is answered once a replica
+    # has it), "off" (it went on without: no replica acknowledged in time) or "disabled"
+    # (not configured: no replicas); semi_sync_replicas acknowledging it. A replica: "on"
+    # when its IO thread acknowledges what it receives.
+    semi_sync: str = ""
+    semi_sync_replicas: int | None = None
     error: str = ""
 
 
@@ -64,6 +78,12 @@ def node_status(fleet: Fleet, topo: Topology, node: str) -> NodeStatus:
     st.read_only = values[0] == "1"
     st.gtid_binlog_pos, st.gtid_slave_pos = values[1], values[2]
     st.threads_running = int(values[3])
+    enabled, master_on, clients, slave_on = values[4:8]
+    if st.read_only:
+        st.semi_sync = "on" if slave_on == "ON" else "off"
+    else:
+        st.semi_sync = "disabled" if enabled != "1" else ("on" if master_on == "ON" else "off")
+        st.semi_sync_replicas = int(clients)
     slave = {}
     for line in lines[2:]:
         if ":" in line and not line.startswith("*"):

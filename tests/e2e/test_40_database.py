@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import load, more, poll, run
@@ -130,6 +131,60 @@ def test_replica_down_reads_fail_nothing(lab):
     assert result.failed == 0, [s for s in result.samples if s.failed][:5]
     late = [s.header for s in result.samples if s.start > stopped_at + 2]
     assert late and set(late) == {"primary"}
+
+
+def test_commits_are_on_disk_and_answered_only_once_a_replica_has_them(lab):
+    for node in db_nodes(lab):
+        assert sql(lab, node, "SELECT @@sync_binlog, @@innodb_flush_log_at_trx_commit, "
+                              "@@rpl_semi_sync_master_wait_point") == "1\t1\tAFTER_SYNC"
+    p = primary(lab)
+    nodes = poll(lambda: (n := db_nodes(lab))[p]["semi_sync"] == "on" and n, 30,
+                 "the primary in semi-sync with its replicas")
+    assert nodes[p]["semi_sync_replicas"] == len(replicas(lab))
+    assert all(nodes[r]["semi_sync"] == "on" for r in replicas(lab))
+
+
+def _prometheus_value(lab, query: str) -> float | None:
+    mon = next(a for a in lab.machine(lab.names("monitoring")[0])["addresses"]
+               if a.startswith("198.19."))
+    result = httpx.get(f"http://{mon}:9090/api/v1/query", params={"query": query},
+                       timeout=5).json()["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_a_replica_killed_under_writes_loses_nothing_and_the_async_fallback_is_reported(lab):
+    p, r = primary(lab), replicas(lab)[0]
+    semi = f'mysql_global_status_rpl_semi_sync_master_status{{machine="{p}"}}'
+    try:
+        with load(lab, lab.vips[0], "/messages", header="location", rate=20, timeout=5.0,
+                  method="POST", json_body={"author": "semi", "body": "sync"},
+                  idempotency_keys=True) as bg:
+            more(bg, 20, "writes before the replica dies")
+            lab.ssh(r, "systemctl kill --signal=KILL mariadb; systemctl stop mariadb")
+            killed = time.monotonic()
+            poll(lambda: db_nodes(lab)[p]["semi_sync"] == "off", 15,
+                 "the primary reporting that it went on without a replica")
+            poll(lambda: _prometheus_value(lab, semi) == 0, 30,
+                 "monitoring seeing semi-sync off (the SemiSyncOff alert's input)")
+            more(bg, 20, "writes while no replica acknowledges")
+            lab.ssh(r, "systemctl start mariadb")
+            poll(lambda: db_nodes(lab)[p]["semi_sync"] == "on", 60,
+                 "semi-sync back once the replica caught up")
+            more(bg, 20, "writes after")
+    finally:
+        lab.ssh(r, "systemctl start mariadb")
+    samples = bg.result.samples
+    acked = {int(s.header.rsplit("/", 1)[1]) for s in samples if s.status == 201 and s.header}
+    failed = [s for s in samples if s.failed]
+    # Writes went on: the commits in flight waited out the 1 s semi-sync timeout, once.
+    assert not failed, [(s.status, s.error) for s in failed][:10]
+    slowest = max(s.end - s.scheduled for s in samples if s.scheduled >= killed)
+    assert slowest < 2.5, slowest
+    ids = ",".join(map(str, sorted(acked)))
+    for node in (p, r):
+        poll(lambda node=node: int(sql(lab, node, f"SELECT COUNT(*) FROM messages WHERE id IN "
+                                                  f"({ids})")) == len(acked),
+             30, f"every acknowledged write on {node}")
 
 
 def test_replica_refuses_writes_from_the_site_user(lab):

@@ -1,0 +1,73 @@
+"""`hastack db status` reads each node's answer to STATUS_SQL: roles and semi-sync state."""
+
+from __future__ import annotations
+
+import subprocess
+from ipaddress import IPv4Address
+
+from hastack import db, topology
+from hastack.fleet import Fleet
+
+HEADER = "@@read_only\t@@gtid_binlog_pos\t...\n"
+REPLICA_SLAVE_STATUS = """*************************** 1. row ***************************
+                Slave_IO_State: Waiting for master to send event
+                   Master_Host: 198.19.0.41
+              Slave_IO_Running: Yes
+             Slave_SQL_Running: Yes
+         Seconds_Behind_Master: 0
+"""
+
+
+class AnsweringFleet(Fleet):
+    """Each node answers STATUS_SQL with the text given for it."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+        self.topo = topology.load(None)
+
+    def require_topology(self):
+        return self.topo
+
+    def ssh_argv(self, machine, command=None):  # pragma: no cover - not used here
+        raise NotImplementedError
+
+    def set_primary(self, name, console):  # pragma: no cover - not used here
+        raise NotImplementedError
+
+    def machine_state(self, name, monitoring):  # pragma: no cover - not used here
+        raise NotImplementedError
+
+    def run_on(self, machine, command, timeout=60, stdin=None):
+        assert stdin == db.STATUS_SQL
+        return subprocess.CompletedProcess([], 0, self.answers[machine], "")
+
+
+def _status(answers: dict[str, str]) -> dict[str, db.NodeStatus]:
+    return {s.name: s for s in db.status(AnsweringFleet(answers))}
+
+
+def test_a_primary_in_semi_sync_and_its_acknowledging_replica():
+    nodes = _status({
+        "db1": HEADER + "0\t0-1-42\t\t3\t1\tON\t1\tOFF\n",
+        "db2": HEADER + "1\t0-1-42\t0-1-42\t2\t1\tOFF\t0\tON\n" + REPLICA_SLAVE_STATUS})
+    assert (nodes["db1"].role, nodes["db1"].semi_sync, nodes["db1"].semi_sync_replicas) == (
+        "primary", "on", 1)
+    assert (nodes["db2"].role, nodes["db2"].semi_sync, nodes["db2"].semi_sync_replicas) == (
+        "replica", "on", None)
+    assert nodes["db2"].replicating_from == "198.19.0.41" and nodes["db2"].lag_seconds == 0
+
+
+def test_a_primary_that_went_on_without_a_replica_says_off():
+    nodes = _status({
+        "db1": HEADER + "0\t0-1-50\t\t3\t1\tOFF\t0\tOFF\n",
+        "db2": HEADER + "1\t0-1-42\t0-1-42\t2\t1\tOFF\t0\tOFF\n" + REPLICA_SLAVE_STATUS})
+    assert (nodes["db1"].semi_sync, nodes["db1"].semi_sync_replicas) == ("off", 0)
+    assert nodes["db2"].semi_sync == "off"
+
+
+def test_a_primary_without_replicas_has_semi_sync_disabled():
+    nodes = _status({"db1": HEADER + "0\t0-1-7\t\t3\t0\tOFF\t0\tOFF\n",
+                     "db2": HEADER + "1\t\t\t1\t0\tOFF\t0\tOFF\n"})
+    assert (nodes["db1"].semi_sync, nodes["db1"].semi_sync_replicas) == ("disabled", 0)
+    assert nodes["db2"].role == "unconfigured"
+    assert IPv4Address(nodes["db1"].address)
