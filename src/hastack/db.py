@@ -119,8 +119,11 @@ def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: fl
     1. checks: target replicates from the primary, threads running;
     2. stop writes: the primary becomes read_only (the site retries refused writes);
     3. wait until the target has applied the primary's last GTID (MASTER_GTID_WAIT);
-    4. promote: the target stops replicating and becomes writable;
-    5. repoint the old primary and every other replica at it (GTID, slave_pos);
+    4. the target stops replicating; the old primary and every other replica are repointed
+       at it (GTID, slave_pos), and it waits (up to 2 s) until one of them acknowledges as a
+       semi-sync replica: its first commits then need no semi-sync timeout (which held
+       writes 1 s longer and went async for a moment);
+    5. promote: the target becomes writable;
     6. record the new roles (the lab's record, or the inventory file) and redeploy so
        configs agree (not in the outage); a fleet that could not record them refuses at 1.
     """
@@ -146,34 +149,41 @@ def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: fl
     started = time.monotonic()
 
     console.print(f"switchover {old.name} -> {target}: stopping writes on {old.name}")
-    _sql(fleet, old.name, "SET GLOBAL read_only=ON; FLUSH TABLES")
+    # Writes are held from here until the target is writable: each step below is one SSH
+    # round trip. Only the primary waits for semi-sync acknowledgements (a replica doing so
+    # would stall its own SQL thread): that role moves with it.
+    semi, final = _sql(fleet, old.name, "SELECT @@rpl_semi_sync_master_enabled; "
+                                        "SET GLOBAL read_only=ON; FLUSH TABLES; "
+                                        "SELECT @@gtid_binlog_pos").split("\n")[:2]
+    semi_sync, final = semi.strip() == "1", final.strip()
     _persist_role(fleet, old.name, primary=False)  # a reboot now must not make it writable
     timings["writes_stopped_at"] = started
-    final = _sql(fleet, old.name, "SELECT @@gtid_binlog_pos").strip()
     waited = _sql(fleet, target, f"SELECT MASTER_GTID_WAIT('{final}', {catch_up_timeout})",
                   timeout=catch_up_timeout + 15).strip()
     if waited != "0":
         _sql(fleet, old.name, "SET GLOBAL read_only=OFF")
-        _persist_role(fleet, old.name, primary=True)
+        _persist_role(fleet, old.name, primary=True, semi_sync=semi_sync)
         raise HastackError(f"{target} did not reach {old.name}'s position {final} within "
                            f"{catch_up_timeout:.0f} s; writes re-enabled on {old.name}, "
                            "nothing changed")
     timings["caught_up_s"] = time.monotonic() - started
-    _sql(fleet, target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only=OFF")
-    _persist_role(fleet, target, primary=True)
-    timings["promoted_s"] = time.monotonic() - started
-    console.print(f"{target} is the primary (writable {timings['promoted_s']:.2f} s after "
-                  f"writes stopped, at GTID {final})")
-
+    _sql(fleet, target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled="
+                        + ("ON" if semi_sync else "OFF"))
     change = (f"CHANGE MASTER TO MASTER_HOST='{new.address}', MASTER_PORT=3306, "
               f"MASTER_USER='{repl_user}', MASTER_PASSWORD='{repl_password}', "
               "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1")
-    _sql(fleet, old.name, f"SET GLOBAL gtid_slave_pos=@@gtid_binlog_pos; {change}; START SLAVE")
+    _sql(fleet, old.name, "SET GLOBAL rpl_semi_sync_master_enabled=OFF; "
+                          f"SET GLOBAL gtid_slave_pos=@@gtid_binlog_pos; {change}; START SLAVE")
     for other in nodes.values():
         if other.name not in (old.name, target) and other.role == "replica":
             _sql(fleet, other.name, f"STOP SLAVE; {change}; START SLAVE")
     timings["repointed_s"] = time.monotonic() - started
-    console.print(f"replicas now follow {target}; recording the new roles and redeploying")
+    _promote_once_acknowledged(fleet, target)
+    _persist_role(fleet, target, primary=True, semi_sync=semi_sync)
+    timings["promoted_s"] = time.monotonic() - started
+    console.print(f"{target} is the primary (writable {timings['promoted_s']:.2f} s after "
+                  f"writes stopped, at GTID {final}); replicas follow it; recording the new "
+                  "roles and redeploying")
 
     fleet.set_primary(target, console)
     timings["redeployed_s"] = time.monotonic() - started
@@ -181,13 +191,31 @@ def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: fl
     return timings
 
 
+# On the target itself (one SSH round trip): until a replica acknowledges it as a semi-sync
+# replica (if semi-sync is on; at most ~2 s), then writable.
+PROMOTE_SCRIPT = """
+for i in $(seq 40); do
+  set -- $(mariadb -B -N -e "SELECT @@rpl_semi_sync_master_enabled, (SELECT VARIABLE_VALUE \\
+    FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='RPL_SEMI_SYNC_MASTER_CLIENTS')")
+  [ "$1" != 1 ] || [ "$2" -gt 0 ] && break
+  sleep 0.05
+done
+mariadb -e 'SET GLOBAL read_only=OFF'
+"""
+
+
+def _promote_once_acknowledged(fleet: Fleet, node: str) -> None:
+    fleet.run_checked(node, "sh -s", f"promoting {node}", stdin=PROMOTE_SCRIPT)
+
+
 ROLE_FILE = "/etc/mysql/mariadb.conf.d/61-hastack-role.cnf"  # the database role's own file
 
 
-def _persist_role(fleet: Fleet, node: str, primary: bool) -> None:
+def _persist_role(fleet: Fleet, node: str, primary: bool, semi_sync: bool = False) -> None:
     """Write the node's role where MariaDB reads it at start, as the deploy would."""
     content = (f"# managed by hastack: {'primary' if primary else 'replica'}\n[mariadbd]\n"
-               f"read_only = {'OFF' if primary else 'ON'}\n")
+               f"read_only = {'OFF' if primary else 'ON'}\n"
+               f"rpl_semi_sync_master_enabled = {'ON' if primary and semi_sync else 'OFF'}\n")
     fleet.run_checked(node, f"cat > {ROLE_FILE}", f"writing {ROLE_FILE}", stdin=content)
 
 
