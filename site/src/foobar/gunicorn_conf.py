@@ -43,7 +43,11 @@ METRICS_DIR = _metrics_dir()
 bind = [os.environ.get("FOOBAR_BIND", "127.0.0.1:8000")]
 workers = _workers()
 worker_class = "gthread"
-threads = 2
+# Threads per worker: a write is held while no node is writable (a switchover, ~1 s), and a
+# worker whose threads are all holding one does not even finish new TLS handshakes, which
+# nginx then counts as a failed app server (2 threads: 14 writes refused in a switchover at
+# 20 writes/s). Each thread keeps one connection per DB node.
+threads = 6
 timeout = 30
 # On SIGTERM finish in-flight requests (nginx retries the rest on another app machine).
 graceful_timeout = 20
