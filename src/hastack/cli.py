@@ -15,8 +15,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from hastack import backup, db, lb, topology
 from hastack import bench as benchmark
-from hastack import db, lb, topology
 from hastack import status as monitoring_status
 from hastack.chaos import catalog as chaos_catalog
 from hastack.chaos import report as chaos_report
@@ -251,6 +251,31 @@ def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON arr
                       n["replicating_from"], f"{n['io_running']}/{n['sql_running']}".strip("/"),
                       "" if n["lag_seconds"] is None else str(n["lag_seconds"]), semi,
                       "" if n["threads_running"] is None else str(n["threads_running"]))
+    out.print(table)
+
+
+@db_app.command("backup")
+def db_backup(inventory: InventoryOpt = None) -> None:
+    """Take a full backup now (from a replica when one is fit), as the schedule does."""
+    taken = backup.take(_fleet(inventory))
+    out.print(f"backup {taken['name']} taken from {taken['source']} ({taken['source_role']}) "
+              f"at GTID {taken['gtid'] or '-'}: {taken['bytes'] / 2**20:.1f} MiB in "
+              f"{taken['seconds']:.1f} s (copy {taken['copy_seconds']:.1f} s, prepare "
+              f"{taken['prepare_seconds']:.1f} s)")
+
+
+@db_app.command("backups")
+def db_backups(as_json: Annotated[bool, typer.Option("--json", help="one JSON array")] = False,
+               inventory: InventoryOpt = None) -> None:
+    """The complete full backups kept on the backup machine, oldest first."""
+    kept = backup.listing(_fleet(inventory))
+    if as_json:
+        print(json.dumps(kept))
+        return
+    table = Table("backup", "source", "GTID", "MiB", "took s")
+    for b in kept:
+        table.add_row(b["name"], f"{b['source']} ({b['source_role']})", b["gtid"] or "-",
+                      f"{b['bytes'] / 2**20:.1f}", f"{b['seconds']:.1f}")
     out.print(table)
 
 

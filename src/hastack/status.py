@@ -44,6 +44,7 @@ ROLE_UNITS = {
     "dns": ("dnsmasq",),
     "monitoring": ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter",
                    "hastack-alert-receiver", "hastack-status-page"),
+    "backup": ("hastack-db-backup.timer",),
 }
 EVERY_MACHINE_UNITS = ("prometheus-node-exporter",)
 # The scrape jobs that target each role's machines (prometheus.yml.j2).
@@ -58,13 +59,15 @@ ROLE_JOBS = {
 
 
 def _units() -> list[str]:
+    """Full unit names: a name without a type is a service."""
     names = {u for units in ROLE_UNITS.values() for u in units} | set(EVERY_MACHINE_UNITS)
-    return sorted(names)
+    return sorted(u if "." in u else f"{u}.service" for u in names)
 
 
 QUERIES = {
     "up": "up",
-    "units": 'node_systemd_unit_state{name=~"(' + "|".join(_units()) + ')\\\\.service"} == 1',
+    "units": 'node_systemd_unit_state{name=~"('
+             + "|".join(u.replace(".", "\\\\.") for u in _units()) + ')"} == 1',
     "vip_held": "hastack_vrrp_vip_held",
     "servers": "haproxy_server_status == 1",
     "mysql_up": "mysql_up",

@@ -20,7 +20,7 @@ from hastack.errors import HastackError
 
 LAB_SPACE = IPv4Network("198.18.0.0/15")
 
-ROLES = ("loadbalancer", "dns", "web", "app", "db-primary", "db-replica", "monitoring")
+ROLES = ("loadbalancer", "dns", "web", "app", "db-primary", "db-replica", "monitoring", "backup")
 # Roles whose machines also sit on the public net. Monitoring does because its blackbox
 # probes reach the site the way an outside client does: DNS at the name server's public
 # address, then HTTPS on each VIP (docs/monitoring.md).
@@ -33,7 +33,12 @@ DEPENDENCIES = {
     "web": ("app",),
     "app": ("db-primary",),
     "db-replica": ("db-primary",),
+    "backup": ("db-primary",),
 }
+# Counted topologies give these roles to the first machine of another role too: the
+# database's backups live on the first monitoring machine (not a DB node: they must outlive
+# the node they were taken from).
+SHARED_ROLES = {"monitoring": ("backup",)}
 
 # [counts] key -> (role, default, minimum, maximum, name prefix, host offset in the subnets)
 COUNTS = {
@@ -59,6 +64,7 @@ ROLE_GROUPS = {
     "db-primary": "db_primary",
     "db-replica": "db_replica",
     "monitoring": "monitoring",
+    "backup": "backup",
 }
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
@@ -276,7 +282,8 @@ def _counted_machines(c: _Checker, raw: Any, public: IPv4Network,
         for i in range(n):
             index = i + 2 if role == "db-replica" else i + 1
             pub = public.network_address + offset + i if role in PUBLIC_ROLES else None
-            machines.append(Machine(f"{prefix}{index}", (role,),
+            roles = (role, *SHARED_ROLES.get(role, ())) if i == 0 else (role,)
+            machines.append(Machine(f"{prefix}{index}", roles,
                                     private.network_address + offset + i, pub))
     for m in machines:
         outside_public = m.public_address is not None and m.public_address not in public
@@ -361,7 +368,11 @@ def _check_roles(c: _Checker, machines: list[Machine], key: str = "machines") ->
     primaries = [m.name for m in machines if "db-primary" in m.roles]
     if len(primaries) > 1:
         c.fail(key, f"exactly one db-primary is allowed, found {', '.join(primaries)}")
-    for role, most in (("dns", 1), ("monitoring", 2)):
+    for m in machines:
+        if "backup" in m.roles and {"db-primary", "db-replica"} & set(m.roles):
+            c.fail(key, f"{m.name} cannot hold role 'backup' and be a database node: a "
+                        "backup must outlive the node it was taken from; give it another machine")
+    for role, most in (("dns", 1), ("monitoring", 2), ("backup", 1)):
         holders = [m.name for m in machines if role in m.roles]
         if len(holders) > most:
             c.fail(key, f"at most {'one machine' if most == 1 else f'{most} machines'} "

@@ -32,7 +32,8 @@ ROLES = ROOT / "ansible" / "roles"
 ROLE = ROLES / "firewall"
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 FLOWS = DEFAULTS["firewall_flows"]
-SAMPLE = Path(__file__).resolve().parent / "data" / "nft-list-ruleset-db1.json"
+# captured on a lab replica
+SAMPLE = Path(__file__).resolve().parent / "data" / "nft-list-ruleset-db2.json"
 
 TOPOLOGIES = {
     "default": None,
@@ -216,13 +217,21 @@ def test_db_accepts_3306_only_from_app_and_other_db_nodes():
 
 
 def test_ssh_only_from_the_admin_addresses_and_only_on_private_addresses():
+    """...and, to the database nodes, from the backup machine (its key can run nothing but
+    hastack-backup-source there)."""
     for name in TOPOLOGIES:
         s = site(name)
+        backup = {s.machines[b].private for b in s.groups.get("backup", ())}
         for host, m in s.machines.items():
+            is_db = host in s.groups.get("database", ())
             for source in every_address(s):
                 for dest in [m.private] + ([m.public] if m.public else []) + list(s.vips):
                     verdict = accepts(s, host, source, dest, "tcp", 22)
-                    want = "ssh-from-admin" if source in s.admin and dest == m.private else None
+                    want = None
+                    if source in s.admin and dest == m.private:
+                        want = "ssh-from-admin"
+                    elif is_db and source in backup and dest == m.private:
+                        want = "db-backup-from-backup"
                     assert verdict == want, (name, host, source, dest)
 
 
@@ -289,6 +298,8 @@ def test_monitoring_scrapes_every_exporter_and_nothing_else():
             for h in s.groups[grp] if h != "mon1"}
     want |= {("site-from-anyone", vip, port) for vip in s.vips for port in (80, 443)}
     want |= {("dns-from-anyone", s.machines["ns1"].public, 53)}
+    # mon1 is also the backup machine: it pulls backups from the database nodes over SSH
+    want |= {("db-backup-from-backup", addr(s, h), 22) for h in s.groups["database"]}
     assert out == want
     for vip in s.vips:
         assert accepts(s, "lb1", s.machines["mon1"].public, vip, "tcp", 443)
@@ -457,7 +468,7 @@ def test_ssh_check_refuses_a_deploy_from_another_address():
     s = site()
     msg = firewall.ssh_refusal("db1", rules(s, "db1"), "198.19.0.250 50000 198.19.0.41 22")
     assert msg == ("db1: the firewall would drop this deploy's own SSH from 198.19.0.250 "
-                   "(only 198.19.0.1 may SSH); set hastack_admin_address (or "
+                   "(only 198.19.0.1, 198.19.0.61 may SSH); set hastack_admin_address (or "
                    "hastack_admin_addresses) to the address you deploy from")
     inv = inventory.build(topology.load(None))
     inv["all"]["vars"]["hastack_admin_addresses"] = ["198.19.0.250"]
@@ -602,8 +613,8 @@ def test_metrics_from_a_captured_ruleset():
                      r'verdict="drop"\} (\d+)$', text, re.M)
     assert line and int(line.group(1)) == samples[("input", "default-drop", "drop")][0]
     assert "# TYPE hastack_firewall_bytes_total counter" in text
-    # every flow of db1 has its series, even at zero
-    for r in rules(site(), "db1"):
+    # every flow of db2 has its series, even at zero
+    for r in rules(site(), "db2"):
         assert f'chain="{r.chain}",rule="{r.flow}",verdict="accept"' in text
 
 

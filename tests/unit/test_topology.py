@@ -16,6 +16,8 @@ def test_defaults_are_the_seed():
     assert [v.vrid for v in t.vips] == [51, 52]
     assert t.machine("db1").roles == ("db-primary",)
     assert t.machine("db2").roles == ("db-replica",)
+    # the database's backups live on the first monitoring machine, not on a DB node
+    assert t.machine("mon1").roles == ("monitoring", "backup")
     assert str(t.machine("lb1").public_address) == "198.18.0.11"
     assert str(t.machine("lb1").private_address) == "198.19.0.11"
     assert t.machine("web1").public_address is None
@@ -39,6 +41,13 @@ def test_monitoring_count_and_its_public_leg(count):
         # blackbox probes the VIPs and the name server from the public net, as a client would
         assert str(m.private_address) == f"198.19.0.{61 + i}"
         assert str(m.public_address) == f"198.18.0.{61 + i}"
+
+
+def test_the_backup_role_goes_with_the_first_monitoring_machine():
+    two = topology.parse({"counts": {"monitoring": 2}})
+    assert [m.name for m in two.with_role("backup")] == ["mon1"]
+    assert two.machine("mon2").roles == ("monitoring",)
+    assert topology.parse({"counts": {"monitoring": 0}}).with_role("backup") == []
 
 
 def test_roles_can_share_a_machine():
@@ -130,6 +139,11 @@ WWW = {"name": "www1", "roles": ["web", "app", "db-primary"], "private_address":
                    {"name": "ns2", "roles": ["dns"], "private_address": "198.19.0.54",
                     "public_address": "198.18.0.54"}]},
      r"machines: at most one machine may have role 'dns', found lb1, ns2"),
+    ({"machines": [LB, {**WWW, "roles": ["web", "app", "db-primary", "backup"]}]},
+     r"machines: www1 cannot hold role 'backup' and be a database node"),
+    ({"machines": [{**LB, "roles": ["loadbalancer", "backup"]}, WWW,
+                   {"name": "bk2", "roles": ["backup"], "private_address": "198.19.0.71"}]},
+     r"machines: at most one machine may have role 'backup', found lb1, bk2"),
     ({"counts": {"loadbalancers": 2}, "vips": [{"address": "198.18.0.100"}]},
      r"vips: 1 virtual IPs for 2 load balancers"),
     ({"counts": {"loadbalancers": 1}, "vips": [{"address": "198.19.0.100"}]},

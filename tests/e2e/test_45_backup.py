@@ -1,0 +1,139 @@
+"""Backups of the database on the lab: `hastack db backup` pulls a full backup from the
+replica to the backup machine (mon1, not a DB node); a mariadbd started on a copy of it holds
+every write acknowledged before it; its metrics reach Prometheus; an unreachable source or a
+full target is one clear line and leaves nothing half-made.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+import httpx
+import pytest
+
+from .conftest import one_line_error, poll, run
+
+PROMETHEUS_PORT = 9090
+BACKUP_CONFIG = "/etc/hastack/backup.json"  # the backup role's
+SCRATCH = "/var/tmp/hastack-backup-check"
+
+
+@pytest.fixture(scope="module")
+def backup_machine(lab) -> str:
+    names = lab.names("backup")
+    if not names:
+        pytest.skip("this topology has no backup machine")
+    return names[0]
+
+
+def config(lab, machine: str) -> dict:
+    return json.loads(lab.ssh(machine, f"cat {BACKUP_CONFIG}"))
+
+
+def kept(lab) -> list[dict]:
+    return json.loads(run("db", "backups", "--json").stdout)
+
+
+def gtid_seq(gtid: str) -> int:
+    """The sequence number of a single-domain GTID position (domain-server-seq)."""
+    (seq,) = [int(p.rsplit("-", 1)[1]) for p in gtid.split(",") if p]
+    return seq
+
+
+def count_in_backup(lab, machine: str, path: str, ids: list[int]) -> int:
+    """Start a throwaway mariadbd (no network) on a copy of the backup; count those rows."""
+    sock = f"{SCRATCH}.sock"
+    script = (
+        f"set -e; rm -rf {SCRATCH}; cp -a {path} {SCRATCH}; chown -R mysql:mysql {SCRATCH}; "
+        f"(mariadbd --user=mysql --datadir={SCRATCH} --socket={sock} --skip-networking "
+        f"--pid-file={SCRATCH}.pid --log-error={SCRATCH}.err --skip-log-bin "
+        f"--innodb-buffer-pool-size=32M >/dev/null 2>&1 &); "
+        f"for i in $(seq 1 100); do [ -S {sock} ] && break; sleep 0.1; done; "
+        f"mariadb --socket={sock} -N -B -e 'SELECT COUNT(*) FROM foobar.messages WHERE id IN "
+        f"({','.join(map(str, ids))})'; "
+        f"kill $(cat {SCRATCH}.pid); while [ -e {SCRATCH}.pid ]; do sleep 0.1; done; "
+        f"rm -rf {SCRATCH} {SCRATCH}.err")
+    return int(lab.ssh(machine, script).strip().splitlines()[-1])
+
+
+def test_a_backup_from_the_replica_holds_every_acknowledged_write(lab, backup_machine):
+    with lab.client(lab.vips[0]) as c:
+        ids = []
+        for i in range(20):
+            r = c.post("/messages", json={"author": "backup-e2e", "body": f"{i} {uuid.uuid4()}"})
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+    nodes = json.loads(run("db", "status", "--json").stdout)
+    primary = next(n for n in nodes if n["role"] == "primary")
+    replica = next(n for n in nodes if n["role"] == "replica")
+    acknowledged = gtid_seq(primary["gtid_binlog_pos"])
+
+    out = run("db", "backup").stdout
+    assert re.search(rf"taken from {replica['name']} \(replica\) at GTID \S+", out), out
+    newest = kept(lab)[-1]
+    assert newest["source"] == replica["name"] and newest["source_role"] == "replica"
+    assert gtid_seq(newest["gtid"]) >= acknowledged, (newest["gtid"], acknowledged)
+    assert newest["bytes"] > 0 and newest["seconds"] > 0
+    print(f"\nbackup of the lab's data: {newest['bytes'] / 2**20:.1f} MiB in "
+          f"{newest['seconds']:.2f} s (copy {newest['copy_seconds']:.2f} s, prepare "
+          f"{newest['prepare_seconds']:.2f} s)")
+
+    path = f"{config(lab, backup_machine)['dir']}/full/{newest['name']}"
+    assert count_in_backup(lab, backup_machine, path, ids) == len(ids)
+
+
+def test_the_backup_metrics_reach_prometheus(lab, backup_machine):
+    mon = next(a for a in lab.machine(lab.names("monitoring")[0])["addresses"]
+               if a.startswith("198.19."))
+    newest = kept(lab)[-1]
+
+    query = (f'hastack_db_backup_last_success_timestamp_seconds{{machine="{backup_machine}"}} '
+             'and on (machine) hastack_db_backup_last_run_success == 1')
+
+    def exported():
+        r = httpx.get(f"http://{mon}:{PROMETHEUS_PORT}/api/v1/query", timeout=5,
+                      params={"query": query}).json()
+        result = r["data"]["result"]
+        return result and abs(float(result[0]["value"][1]) - newest["finished"]) < 0.01
+    poll(exported, 60, "the newest backup's time in Prometheus")
+
+
+def test_an_unreachable_source_is_one_clear_line_and_nothing_half_made(lab, backup_machine):
+    before = [b["name"] for b in kept(lab)]
+    rule = "hastack-test-no-backup-ssh"
+    lab.ssh(backup_machine, f"nft insert rule inet hastack output tcp dport 22 "
+                            f"reject comment {rule}")
+    try:
+        result = run("db", "backup", check=False)
+    finally:
+        handle = lab.ssh(backup_machine, f"nft -a list chain inet hastack output | "
+                                         f"sed -n 's/.*comment \"{rule}\" # handle //p'").strip()
+        lab.ssh(backup_machine, f"nft delete rule inet hastack output handle {handle}")
+    assert result.returncode != 0
+    line = one_line_error(result)
+    assert line.startswith(f"error: {backup_machine}: backup failed: no database node can be "
+                           "backed up: "), line
+    for node in lab.names("db-primary") + lab.names("db-replica"):
+        assert f"{node} unreachable" in line, line
+    assert [b["name"] for b in kept(lab)] == before
+    root = config(lab, backup_machine)["dir"]
+    assert lab.ssh(backup_machine, f"ls -A {root} | grep -c partial || true").strip() == "0"
+
+
+def test_a_full_target_is_refused_before_any_copy(lab, backup_machine):
+    before = [b["name"] for b in kept(lab)]
+    original = lab.ssh(backup_machine, f"cat {BACKUP_CONFIG}")
+    wanted = json.loads(original)
+    wanted["min_free_mib"] = 2**30  # a petabyte: more than any lab disk has free
+    lab.ssh(backup_machine, f"echo '{json.dumps(wanted)}' > {BACKUP_CONFIG}")
+    try:
+        result = run("db", "backup", check=False)
+    finally:
+        lab.ssh(backup_machine, f"echo '{original.strip()}' > {BACKUP_CONFIG}")
+    assert result.returncode != 0
+    assert re.fullmatch(rf"error: {backup_machine}: backup failed: backup target \S+ has \d+ MiB "
+                        r"free, a backup needs \d+ MiB: free space there or lower backup_keep",
+                        one_line_error(result)), one_line_error(result)
+    assert [b["name"] for b in kept(lab)] == before
