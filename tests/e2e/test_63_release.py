@@ -57,9 +57,10 @@ def other_build(tmp_path_factory) -> Path:
 
 
 def deploy(lab, cache: Path | None = None) -> None:
+    """A release is the app tier's business: `hastack deploy --limit app` rolls it out."""
     inventory = Path(lab.status["inventory"])
     run("deploy", "-i", str(inventory), "--secrets-dir", str(inventory.parent / "secrets"),
-        env={"HASTACK_CACHE": str(cache or paths.cache_dir())})
+        "--limit", "app", env={"HASTACK_CACHE": str(cache or paths.cache_dir())})
 
 
 def test_a_release_rolls_out_under_load_and_back_without_reinstalling(lab, other_build):
