@@ -44,7 +44,7 @@ ROLE_UNITS = {
     "dns": ("dnsmasq",),
     "monitoring": ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter",
                    "hastack-alert-receiver", "hastack-status-page"),
-    "backup": ("hastack-db-backup.timer",),
+    "backup": ("hastack-db-backup.timer", "hastack-binlog-follow"),
 }
 EVERY_MACHINE_UNITS = ("prometheus-node-exporter",)
 # The scrape jobs that target each role's machines (prometheus.yml.j2).

@@ -1,13 +1,15 @@
 """Backups of the database on the lab: `hastack db backup` pulls a full backup from the
 replica to the backup machine (mon1, not a DB node); a mariadbd started on a copy of it holds
 every write acknowledged before it; its metrics reach Prometheus; an unreachable source or a
-full target is one clear line and leaves nothing half-made.
+full target is one clear line and leaves nothing half-made. The primary's binary logs are
+copied to the backup machine as they are written.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 
 import httpx
@@ -137,3 +139,24 @@ def test_a_full_target_is_refused_before_any_copy(lab, backup_machine):
                         r"free, a backup needs \d+ MiB: free space there or lower backup_keep",
                         one_line_error(result)), one_line_error(result)
     assert [b["name"] for b in kept(lab)] == before
+
+
+def test_the_primary_binary_logs_reach_the_backup_machine_as_they_are_written(lab,
+                                                                             backup_machine):
+    root = config(lab, backup_machine)["dir"]
+    with lab.client(lab.vips[0]) as c:
+        r = c.post("/messages", json={"author": "backup-e2e", "body": f"binlog {uuid.uuid4()}"})
+        assert r.status_code == 201, r.text
+    acked = time.monotonic()
+    nodes = json.loads(run("db", "status", "--json").stdout)
+    primary = next(n for n in nodes if n["role"] == "primary")
+    gtid = primary["gtid_binlog_pos"]  # this write's GTID, or a later one
+
+    def copied():
+        return lab.ssh(backup_machine, f"mariadb-binlog {root}/binlogs/{primary['name']}/* "
+                                       f"2>/dev/null | grep -c 'GTID {gtid} ' || true"
+                       ).strip() == "1"
+    poll(copied, 10, f"GTID {gtid} in the backup machine's copy of {primary['name']}'s binlogs")
+    print(f"\nthe write's binlog event was on the backup machine "
+          f"{time.monotonic() - acked:.2f} s after it was acknowledged (at most; polled)")
+    assert "active" in lab.ssh(backup_machine, "systemctl is-active hastack-binlog-follow")

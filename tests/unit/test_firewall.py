@@ -205,15 +205,17 @@ def test_every_rule_counts_and_names_itself():
 # ---- who may talk to whom --------------------------------------------------------------------
 
 def test_db_accepts_3306_only_from_app_and_other_db_nodes():
+    """...and from the backup machine, which copies the primary's binary logs."""
     s = site()
     db1 = addr(s, "db1")
-    allowed = (group(s, "app") | group(s, "database")) - {db1}
+    allowed = (group(s, "app") | group(s, "database") | group(s, "backup")) - {db1}
     for source in every_address(s):
         verdict = accepts(s, "db1", source, db1, "tcp", 3306)
         assert bool(verdict) == (source in allowed), source
     assert accepts(s, "db1", addr(s, "app1"), db1, "tcp", 3306) == "db-from-app"
     assert accepts(s, "db1", addr(s, "db2"), db1, "tcp", 3306) == "db-replication"
     assert accepts(s, "db2", addr(s, "db1"), addr(s, "db2"), "tcp", 3306) == "db-replication"
+    assert accepts(s, "db1", addr(s, "mon1"), db1, "tcp", 3306) == "db-binlog-from-backup"
 
 
 def test_ssh_only_from_the_admin_addresses_and_only_on_private_addresses():
@@ -298,8 +300,10 @@ def test_monitoring_scrapes_every_exporter_and_nothing_else():
             for h in s.groups[grp] if h != "mon1"}
     want |= {("site-from-anyone", vip, port) for vip in s.vips for port in (80, 443)}
     want |= {("dns-from-anyone", s.machines["ns1"].public, 53)}
-    # mon1 is also the backup machine: it pulls backups from the database nodes over SSH
+    # mon1 is also the backup machine: it pulls backups from the database nodes over SSH and
+    # copies the primary's binary logs as a replication client
     want |= {("db-backup-from-backup", addr(s, h), 22) for h in s.groups["database"]}
+    want |= {("db-binlog-from-backup", addr(s, h), 3306) for h in s.groups["database"]}
     assert out == want
     for vip in s.vips:
         assert accepts(s, "lb1", s.machines["mon1"].public, vip, "tcp", 443)
