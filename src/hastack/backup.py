@@ -53,3 +53,19 @@ def take(fleet: Fleet) -> dict[str, Any]:
 def listing(fleet: Fleet) -> list[dict[str, Any]]:
     """The complete backups kept, oldest first."""
     return _json(fleet, backup_machine(fleet), "list")
+
+
+def restore(fleet: Fleet, to: str) -> dict[str, Any]:
+    """Restore the newest backup before `to` (a GTID or a UTC time) plus the copied binary
+    logs up to it into a data directory on the backup machine; a throwaway server there
+    reports each table's CHECKSUM TABLE and row count. One clear error if it cannot."""
+    machine = backup_machine(fleet)
+    result = fleet.run_on(machine, [PROGRAM, "restore", "--to", to], timeout=RUN_TIMEOUT)
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise HastackError(f"{machine}: {detail}")
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        raise HastackError(f"{machine}: {PROGRAM} restore answered something that is not "
+                           "JSON; redeploy the backup role") from None

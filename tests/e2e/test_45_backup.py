@@ -2,7 +2,8 @@
 replica to the backup machine (mon1, not a DB node); a mariadbd started on a copy of it holds
 every write acknowledged before it; its metrics reach Prometheus; an unreachable source or a
 full target is one clear line and leaves nothing half-made. The primary's binary logs are
-copied to the backup machine as they are written.
+copied to the backup machine as they are written, and a restore to a point in time returns
+exactly the rows acknowledged up to it.
 """
 
 from __future__ import annotations
@@ -160,3 +161,61 @@ def test_the_primary_binary_logs_reach_the_backup_machine_as_they_are_written(la
     print(f"\nthe write's binlog event was on the backup machine "
           f"{time.monotonic() - acked:.2f} s after it was acknowledged (at most; polled)")
     assert "active" in lab.ssh(backup_machine, "systemctl is-active hastack-binlog-follow")
+
+
+def primary_state(lab) -> tuple[str, str]:
+    """(name, gtid_binlog_pos) of the primary."""
+    nodes = json.loads(run("db", "status", "--json").stdout)
+    p = next(n for n in nodes if n["role"] == "primary")
+    return p["name"], p["gtid_binlog_pos"]
+
+
+def checksum(lab, node: str, table: str) -> int:
+    return int(lab.ssh(node, f"mariadb -N -B -e 'CHECKSUM TABLE foobar.{table}'").split()[1])
+
+
+def test_a_restore_to_a_point_returns_exactly_the_rows_acknowledged_up_to_it(lab,
+                                                                              backup_machine):
+    run("db", "backup")
+    with lab.client(lab.vips[0]) as c:
+        def write(tag: str) -> int:
+            r = c.post("/messages", json={"author": "restore-e2e", "body": f"{tag} {uuid.uuid4()}"})
+            assert r.status_code == 201, r.text
+            return r.json()["id"]
+        before = [write("before") for _ in range(5)]
+        primary, point = primary_state(lab)
+        # nothing else writes: the primary's tables now are the state at `point`
+        expected = checksum(lab, primary, "messages")
+        after = [write("after") for _ in range(5)]
+    root = config(lab, backup_machine)["dir"]
+    poll(lambda: lab.ssh(backup_machine, f"mariadb-binlog {root}/binlogs/{primary}/* 2>/dev/null"
+                                         f" | grep -c 'GTID {point} ' || true").strip() == "1",
+         10, f"GTID {point} copied to the backup machine")
+
+    done = json.loads(run("db", "restore", "--to", point, "--json").stdout)
+    assert done["restored_to_gtid"] == point and done["applied"] >= 5, done
+    assert done["tables"]["messages"]["checksum"] == expected, (done, expected)
+    print(f"\nrestore of the lab's data to {point}: {done['seconds']:.2f} s "
+          f"({done['applied']} transactions replayed on {done['backup']})")
+    assert count_in_backup(lab, backup_machine, done["datadir"], before) == len(before)
+    assert count_in_backup(lab, backup_machine, done["datadir"], after) == 0
+
+
+@pytest.mark.parametrize(("to", "message"), [
+    ("2020-01-01T00:00:00Z", r"--to 2020-01-01T00:00:00Z is before the oldest backup \S+ "
+                             r"\(consistent at GTID \d+-\d+-\d+, finished \S+\)"),
+    ("2099-01-01T00:00:00Z", r"--to 2099-01-01T00:00:00Z is after the newest copied binary "
+                             r"log event \(\S+\)"),
+    ("0-41-99999999", r"--to 0-41-99999999 is after the newest copied binary log event "
+                      r"\(GTID \d+-\d+-\d+\)"),
+    ("yesterday", r"--to 'yesterday': give a GTID \(0-41-1234\) or a UTC time "
+                  r"\(2026-11-28T09:40:00Z\)"),
+])
+def test_a_restore_outside_what_is_kept_is_one_clear_line(lab, backup_machine, to, message):
+    restore_dir = "/var/backups/hastack-restore"  # backup_restore_dir
+    kept_before = lab.ssh(backup_machine, f"ls {restore_dir}")
+    result = run("db", "restore", "--to", to, check=False)
+    assert result.returncode != 0
+    assert re.fullmatch(rf"error: {backup_machine}: restore failed: {message}",
+                        one_line_error(result)), one_line_error(result)
+    assert lab.ssh(backup_machine, f"ls {restore_dir}") == kept_before
