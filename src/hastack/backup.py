@@ -69,3 +69,22 @@ def restore(fleet: Fleet, to: str) -> dict[str, Any]:
     except ValueError:
         raise HastackError(f"{machine}: {PROGRAM} restore answered something that is not "
                            "JSON; redeploy the backup role") from None
+
+
+def drill(fleet: Fleet) -> dict[str, Any]:
+    """Run the restore drill now: the newest backup and the copied binlogs restored to a
+    replica's position, every table's CHECKSUM TABLE compared with the replica's. Returns
+    the result when the tables are equal; one clear error otherwise."""
+    machine = backup_machine(fleet)
+    result = fleet.run_on(machine, [PROGRAM, "drill"], timeout=RUN_TIMEOUT)
+    try:
+        done = json.loads(result.stdout)
+    except ValueError:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise HastackError(f"{machine}: the restore drill did not run ({detail}); redeploy "
+                           "the backup role") from None
+    if not done["ok"]:
+        raise HastackError(f"{machine}: restore drill failed: " + (
+            done.get("error") or f"restored {', '.join(done['differ'])} differ from "
+                                 f"{done['replica']} at GTID {done['gtid']}"))
+    return done

@@ -44,7 +44,8 @@ ROLE_UNITS = {
     "dns": ("dnsmasq",),
     "monitoring": ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter",
                    "hastack-alert-receiver", "hastack-status-page"),
-    "backup": ("hastack-db-backup.timer", "hastack-binlog-follow"),
+    "backup": ("hastack-db-backup.timer", "hastack-db-restore-drill.timer",
+               "hastack-binlog-follow"),
 }
 EVERY_MACHINE_UNITS = ("prometheus-node-exporter",)
 # The scrape jobs that target each role's machines (prometheus.yml.j2).

@@ -2,8 +2,9 @@
 replica to the backup machine (mon1, not a DB node); a mariadbd started on a copy of it holds
 every write acknowledged before it; its metrics reach Prometheus; an unreachable source or a
 full target is one clear line and leaves nothing half-made. The primary's binary logs are
-copied to the backup machine as they are written, and a restore to a point in time returns
-exactly the rows acknowledged up to it.
+copied to the backup machine as they are written, a restore to a point in time returns
+exactly the rows acknowledged up to it, and the restore drill compares a restore with a
+replica at the same GTID.
 """
 
 from __future__ import annotations
@@ -219,3 +220,30 @@ def test_a_restore_outside_what_is_kept_is_one_clear_line(lab, backup_machine, t
     assert re.fullmatch(rf"error: {backup_machine}: restore failed: {message}",
                         one_line_error(result)), one_line_error(result)
     assert lab.ssh(backup_machine, f"ls {restore_dir}") == kept_before
+
+
+def test_the_restore_drill_equals_a_replica_and_leaves_it_replicating(lab, backup_machine):
+    with lab.client(lab.vips[0]) as c:
+        for i in range(5):
+            assert c.post("/messages", json={"author": "drill-e2e", "body": f"{i}"}
+                          ).status_code == 201
+    replica = lab.names("db-replica")[0]
+    out = run("db", "drill").stdout
+    assert re.search(rf"restore drill passed: \S+ \+ \d+ transactions restored to {replica}'s "
+                     r"GTID \d+-\d+-\d+ in [\d.]+ s; 3 tables equal \(CHECKSUM TABLE\)", out), out
+    print(f"\n{out.strip()}")
+
+    def replicating():
+        node = next(n for n in json.loads(run("db", "status", "--json").stdout)
+                    if n["name"] == replica)
+        return node["io_running"] == "Yes" and node["sql_running"] == "Yes"
+    poll(replicating, 10, f"{replica} replicating again after the drill")
+
+    mon = next(a for a in lab.machine(lab.names("monitoring")[0])["addresses"]
+               if a.startswith("198.19."))
+
+    def exported():
+        r = httpx.get(f"http://{mon}:{PROMETHEUS_PORT}/api/v1/query", timeout=5, params={
+            "query": f'hastack_db_restore_drill_success{{machine="{backup_machine}"}} == 1'})
+        return r.json()["data"]["result"]
+    poll(exported, 60, "the drill's success in Prometheus")

@@ -117,3 +117,23 @@ def test_a_gtid_of_another_replication_domain_is_refused(prog, tmp_path):
                                                r"replication domain 0, not 1$"):
         prog.restore(config(tmp_path, restore_dir=str(tmp_path / "r")), "1-41-60")
     assert not (tmp_path / "r").exists()
+
+
+def test_the_drill_passes_only_when_every_table_equals_the_replicas(prog, monkeypatch,
+                                                                    tmp_path):
+    (tmp_path / "binlogs" / "db1").mkdir(parents=True)
+    monkeypatch.setattr(prog, "copied_events", lambda d: [("0-41-7", 0.0)])
+    replica = {"messages": 11, "idempotency_keys": 22}
+    monkeypatch.setattr(prog, "replica_checksums",
+                        lambda cfg: (NODES[1], "0-41-7", dict(replica)))
+
+    def restored(sums):
+        return lambda cfg, to: {"backup": "b", "applied": 3, "seconds": 0.5,
+                                "tables": {t: {"checksum": v, "rows": 1} for t, v in sums.items()}}
+    monkeypatch.setattr(prog, "restore", restored(replica))
+    assert prog.drill(config(tmp_path))["ok"] is True
+    monkeypatch.setattr(prog, "restore", restored({**replica, "messages": 12}))
+    failed = prog.drill(config(tmp_path))
+    assert failed["ok"] is False and failed["differ"] == ["messages"]
+    monkeypatch.setattr(prog, "restore", restored({"messages": 11}))
+    assert prog.drill(config(tmp_path))["differ"] == ["idempotency_keys"]
