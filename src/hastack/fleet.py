@@ -81,9 +81,10 @@ class Fleet(ABC):
 
     def roll_site_build(self, build: str, console: Console) -> None:
         """Deploy the playbook with the site answering as build `build` (FOOBAR_BUILD): a new
-        site version to every app server, rolled one at a time, as a release would be."""
+        site version to every app server, rolled one at a time, as a release would be (only
+        the app tier is deployed: `hastack deploy --limit app`)."""
         deploy.run(self.inventory, self.secrets, console,
-                   extra_vars={**self.deploy_vars, "app_build": build})
+                   extra_vars={**self.deploy_vars, "app_build": build}, limit="app")
 
     def ca_cert(self) -> Path:
         """The CA a client passes to verify the site (`curl --cacert`)."""
