@@ -36,17 +36,19 @@ def run(*args: str, check: bool = True, timeout: float = 1200,
     return result
 
 
-def deploy_vars(lab: Lab, tmp_path: Path, check: bool = True, **variables: object
-                ) -> subprocess.CompletedProcess[str]:
-    """`hastack deploy -i` of the lab's own inventory (its secrets too) with extra all.vars.
-    `hastack up --force-deploy` puts the lab's own values back."""
+def deploy_vars(lab: Lab, tmp_path: Path, check: bool = True, *, limit: str | None = None,
+                **variables: object) -> subprocess.CompletedProcess[str]:
+    """`hastack deploy -i` of the lab's own inventory (its secrets too) with extra all.vars,
+    to the `limit` hosts/groups only if given. `hastack up --force-deploy` (or deploy_vars
+    with no variables) puts the lab's own values back."""
     data = yaml.safe_load(Path(lab.status["inventory"]).read_text())
     data["all"]["vars"].update({k: v if isinstance(v, list | dict) else str(v)
                                 for k, v in variables.items()})
     inventory = tmp_path / "servers.yml"
     inventory.write_text(yaml.safe_dump(data))
     return run("deploy", "-i", str(inventory), "--secrets-dir",
-               str(Path(lab.status["inventory"]).parent / "secrets"), check=check)
+               str(Path(lab.status["inventory"]).parent / "secrets"),
+               *(["--limit", limit] if limit else []), check=check)
 
 
 def deploy_with(lab: Lab, tmp_path: Path, **variables: object

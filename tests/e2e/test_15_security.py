@@ -229,10 +229,11 @@ def test_a_scanner_banned_through_one_vip_is_refused_through_both_until_unbanned
 
 def test_a_ban_ends_by_itself_when_its_time_is_up(lab, clients, tmp_path):
     """Without `hastack lb unban`: the shared table's entry expires and fail2ban's ban with
-    it (a short ban time for the test; the lab's own is put back after)."""
+    it (a short ban time for the test, deployed to the LBs only; the lab's own is put back
+    after)."""
     scanner = clients[1]
     seconds = 20
-    deploy_vars(lab, tmp_path, loadbalancer_ban_seconds=seconds)
+    deploy_vars(lab, tmp_path, limit="loadbalancer", loadbalancer_ban_seconds=seconds)
     try:
         with outside(lab, lab.vips[0], scanner, timeout=2) as c:
             for i in range(40):
@@ -248,7 +249,7 @@ def test_a_ban_ends_by_itself_when_its_time_is_up(lab, clients, tmp_path):
         assert time.monotonic() - banned_at >= seconds - 5  # it was a ban, not a blip
     finally:
         run("lb", "unban", scanner, check=False)
-        run("up", "--force-deploy")
+        deploy_vars(lab, tmp_path, limit="loadbalancer")
 
 
 def _refused(lab, vip: str, client: str) -> bool:
