@@ -3,8 +3,6 @@ bounded, survives a restart, refuses what is not a webhook payload."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import threading
 from pathlib import Path
@@ -12,19 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-PROGRAM = (Path(__file__).resolve().parents[2] / "ansible" / "roles" / "monitoring" / "files"
-           / "hastack-alert-receiver")
+from .role_programs import load
 
-
-def load():
-    loader = importlib.machinery.SourceFileLoader("hastack_alert_receiver", str(PROGRAM))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-receiver = load()
+receiver = load("monitoring", "hastack-alert-receiver")
 
 
 @pytest.fixture

@@ -4,24 +4,17 @@ target is too full. The end-to-end test (tests/e2e/test_45_backup.py) runs it fo
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-PROGRAM = (Path(__file__).resolve().parents[2] / "ansible" / "roles" / "backup" / "files"
-           / "hastack-db-backup")
+from .role_programs import load
 
 
 @pytest.fixture(scope="module")
 def prog():
-    loader = importlib.machinery.SourceFileLoader("hastack_db_backup", str(PROGRAM))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load("backup", "hastack-db-backup")
 
 
 NODES = [{"name": "db1", "address": "198.19.0.41"}, {"name": "db2", "address": "198.19.0.42"},
