@@ -36,12 +36,16 @@ ROLE_PACKAGES = [
     "prometheus", "prometheus-alertmanager", "prometheus-node-exporter",
     "prometheus-blackbox-exporter", "prometheus-mysqld-exporter", "prometheus-nginx-exporter",
     "fail2ban", "python3-systemd", "mariadb-backup",
+    # the database tier's failover engine and its third quorum vote (docs/architecture.md)
+    "pacemaker", "corosync", "corosync-qdevice", "corosync-qnetd", "resource-agents",
+    "fence-agents",
 ]
 # enabled by the Debian packages, enabled again by the playbook on the machines that need them
 DISABLED_UNITS = [
     "nginx", "haproxy", "keepalived", "mariadb", "dnsmasq", "nftables", "prometheus",
     "prometheus-alertmanager", "prometheus-node-exporter", "prometheus-blackbox-exporter",
     "prometheus-mysqld-exporter", "prometheus-nginx-exporter", "fail2ban",
+    "corosync", "pacemaker", "corosync-qdevice", "corosync-qnetd",
     "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer",
     "man-db.timer", "dpkg-db-backup.timer", "logrotate.timer",
 ]
