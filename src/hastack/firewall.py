@@ -48,7 +48,7 @@ AT = ("private", "public", "vips")
 PROTOCOLS = {"tcp": 6, "udp": 17, "vrrp": 112}
 # The groups every hastack inventory may have (hastack.inventory.GROUPS, plus the parents).
 KNOWN_GROUPS = ("all", "loadbalancer", "dns", "web", "app", "database", "db_primary",
-                "db_replica", "monitoring", "backup")
+                "db_replica", "monitoring", "backup", "quorum")
 FLOW_KEYS = {"name", "from", "to", "at", "proto", "ports", "listening"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SSH_PORT = 22

@@ -20,7 +20,8 @@ from hastack.errors import HastackError
 
 LAB_SPACE = IPv4Network("198.18.0.0/15")
 
-ROLES = ("loadbalancer", "dns", "web", "app", "db-primary", "db-replica", "monitoring", "backup")
+ROLES = ("loadbalancer", "dns", "web", "app", "db-primary", "db-replica", "monitoring", "backup",
+         "quorum")
 # Roles whose machines also sit on the public net. Monitoring does because its blackbox
 # probes reach the site the way an outside client does: DNS at the name server's public
 # address, then HTTPS on each VIP (docs/monitoring.md).
@@ -37,8 +38,9 @@ DEPENDENCIES = {
 }
 # Counted topologies give these roles to the first machine of another role too: the
 # database's backups live on the first monitoring machine (not a DB node: they must outlive
-# the node they were taken from).
-SHARED_ROLES = {"monitoring": ("backup",)}
+# the node they were taken from), and so does the database cluster's third quorum vote
+# (corosync-qnetd: two DB nodes alone cannot tell a dead peer from a cut link).
+SHARED_ROLES = {"monitoring": ("backup", "quorum")}
 
 # [counts] key -> (role, default, minimum, maximum, name prefix, host offset in the subnets)
 COUNTS = {
@@ -65,6 +67,7 @@ ROLE_GROUPS = {
     "db-replica": "db_replica",
     "monitoring": "monitoring",
     "backup": "backup",
+    "quorum": "quorum",
 }
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
@@ -273,16 +276,22 @@ def parse(data: dict[str, Any], source: str = "<defaults>") -> Topology:
 def _counted_machines(c: _Checker, raw: Any, public: IPv4Network,
                       private: IPv4Network) -> list[Machine]:
     counts = c.table("counts", raw, set(COUNTS))
+    numbers = {key: c.integer(f"counts.{key}", counts.get(key, spec[1]), spec[2], spec[3])
+               for key, spec in COUNTS.items()}
     machines: list[Machine] = []
-    for key, (role, default, low, high, prefix, offset) in COUNTS.items():
-        n = c.integer(f"counts.{key}", counts.get(key, default), low, high)
+    for key, (role, _default, _low, _high, prefix, offset) in COUNTS.items():
+        n = numbers[key]
+        # a shared role goes along only where it has something to do (no replicas: no
+        # failover cluster, so no quorum vote)
+        shared = tuple(r for r in SHARED_ROLES.get(role, ())
+                       if r != "quorum" or numbers["replicas"] > 0)
         if role == "db-replica":
             primary = private.network_address + PRIMARY_OFFSET
             machines.append(Machine("db1", ("db-primary",), primary))
         for i in range(n):
             index = i + 2 if role == "db-replica" else i + 1
             pub = public.network_address + offset + i if role in PUBLIC_ROLES else None
-            roles = (role, *SHARED_ROLES.get(role, ())) if i == 0 else (role,)
+            roles = (role, *shared) if i == 0 else (role,)
             machines.append(Machine(f"{prefix}{index}", roles,
                                     private.network_address + offset + i, pub))
     for m in machines:
@@ -372,11 +381,28 @@ def _check_roles(c: _Checker, machines: list[Machine], key: str = "machines") ->
         if "backup" in m.roles and {"db-primary", "db-replica"} & set(m.roles):
             c.fail(key, f"{m.name} cannot hold role 'backup' and be a database node: a "
                         "backup must outlive the node it was taken from; give it another machine")
-    for role, most in (("dns", 1), ("monitoring", 2), ("backup", 1)):
+        if "quorum" in m.roles and {"db-primary", "db-replica"} & set(m.roles):
+            c.fail(key, f"{m.name} cannot hold role 'quorum' and be a database node: the "
+                        "quorum vote must survive the loss of any DB node; give it another machine")
+    for role, most in (("dns", 1), ("monitoring", 2), ("backup", 1), ("quorum", 1)):
         holders = [m.name for m in machines if role in m.roles]
         if len(holders) > most:
             c.fail(key, f"at most {'one machine' if most == 1 else f'{most} machines'} "
                                f"may have role '{role}', found {', '.join(holders)}")
+    _check_quorum_votes(c, machines, key)
+
+
+def _check_quorum_votes(c: _Checker, machines: list[Machine], key: str) -> None:
+    """With replicas, the DB nodes form a failover cluster: a node may take writes only
+    while it holds a majority of at least three votes (one per DB node, one from the quorum
+    machine), or a cut link would leave two primaries."""
+    db = [m.name for m in machines if {"db-primary", "db-replica"} & set(m.roles)]
+    quorum = [m.name for m in machines if "quorum" in m.roles]
+    if len(db) >= 2 and len(db) + len(quorum) < 3:
+        c.fail(key, f"the database cluster has {len(db) + len(quorum)} quorum votes "
+                    f"({', '.join(db + quorum)}); it needs at least 3: give role 'quorum' "
+                    "to a machine that is not a DB node (counted topologies: a monitoring "
+                    "machine), or add a replica")
 
 
 def _vips(c: _Checker, raw: Any, lb_count: int, public: IPv4Network,

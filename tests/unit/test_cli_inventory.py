@@ -87,7 +87,7 @@ def test_unknown_machine(tmp_path: Path):
     path = _written(tmp_path, EXAMPLE.read_text())
     line = one_error_line(hastack("ssh", "-i", str(path), "mon1"))
     assert line == ("error: no machine named 'mon1' in the topology; known: lb1, lb2, web1, "
-                    "web2, app1, app2, db1, db2")  # the inventory's order
+                    "web2, app1, app2, db1, db2, qd1")  # the inventory's order
 
 
 def test_ssh_with_an_inventory_keeps_the_argv(tmp_path: Path, monkeypatch):

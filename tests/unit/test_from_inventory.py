@@ -30,6 +30,7 @@ TOPOLOGIES = [
           "private_address": "198.19.9.21"},
          {"name": "dbr", "roles": ["db-replica", "monitoring"],
           "private_address": "198.19.9.22", "public_address": "198.18.4.22"},
+         {"name": "votes", "roles": ["quorum"], "private_address": "198.19.9.23"},
      ],
      "vips": [{"address": "198.18.4.200", "vrid": 9}]},
 ]
@@ -53,7 +54,7 @@ def test_connection_variables_do_not_change_the_model():
 def test_real_servers_keep_their_own_addresses():
     t = topology.from_inventory(yaml.safe_load(EXAMPLE.read_text()), str(EXAMPLE))
     assert [m.name for m in t.machines] == ["lb1", "lb2", "web1", "web2", "app1", "app2",
-                                            "db1", "db2"]
+                                            "db1", "db2", "qd1"]
     assert t.machine("lb1").addresses == ["192.0.2.11", "198.51.100.11"]
     assert t.machine("db2").roles == ("db-replica",)
     assert [str(v.address) for v in t.vips] == ["192.0.2.100", "192.0.2.101"]

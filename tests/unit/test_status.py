@@ -283,7 +283,7 @@ def test_collect_reports_unreachable_monitoring_without_raising():
     assert screen == {"source": None, "error": "http://198.19.0.61:9090: timed out"}
     assert status.summary_lines(screen) == [
         "monitoring: unavailable (http://198.19.0.61:9090: timed out)"]
-    no_mon = topology.parse({"counts": {"monitoring": 0}})
+    no_mon = topology.parse({"counts": {"monitoring": 0, "replicas": 0}})
     assert "no machine with role monitoring" in status.collect(no_mon, get)["error"]
 
 

@@ -16,8 +16,9 @@ def test_defaults_are_the_seed():
     assert [v.vrid for v in t.vips] == [51, 52]
     assert t.machine("db1").roles == ("db-primary",)
     assert t.machine("db2").roles == ("db-replica",)
-    # the database's backups live on the first monitoring machine, not on a DB node
-    assert t.machine("mon1").roles == ("monitoring", "backup")
+    # the database's backups and its cluster's third quorum vote live on the first
+    # monitoring machine, not on a DB node
+    assert t.machine("mon1").roles == ("monitoring", "backup", "quorum")
     assert str(t.machine("lb1").public_address) == "198.18.0.11"
     assert str(t.machine("lb1").private_address) == "198.19.0.11"
     assert t.machine("web1").public_address is None
@@ -34,7 +35,8 @@ def test_counts_change_the_machine_list():
 
 @pytest.mark.parametrize("count", [0, 1, 2])
 def test_monitoring_count_and_its_public_leg(count):
-    t = topology.parse({"counts": {"monitoring": count}})
+    # without a monitoring machine, no third quorum vote: no replica either
+    t = topology.parse({"counts": {"monitoring": count, "replicas": 1 if count else 0}})
     mons = t.with_role("monitoring")
     assert [m.name for m in mons] == [f"mon{i + 1}" for i in range(count)]
     for i, m in enumerate(mons):
@@ -47,7 +49,18 @@ def test_the_backup_role_goes_with_the_first_monitoring_machine():
     two = topology.parse({"counts": {"monitoring": 2}})
     assert [m.name for m in two.with_role("backup")] == ["mon1"]
     assert two.machine("mon2").roles == ("monitoring",)
-    assert topology.parse({"counts": {"monitoring": 0}}).with_role("backup") == []
+    assert topology.parse({"counts": {"monitoring": 0, "replicas": 0}}).with_role("backup") == []
+
+
+def test_the_quorum_vote_goes_with_the_first_monitoring_machine_when_there_are_replicas():
+    two = topology.parse({"counts": {"monitoring": 2, "replicas": 2}})
+    assert [m.name for m in two.with_role("quorum")] == ["mon1"]
+    # no replica, no failover cluster: nothing to vote on
+    alone = topology.parse({"counts": {"replicas": 0}})
+    assert alone.with_role("quorum") == [] and alone.machine("mon1").roles == ("monitoring",
+                                                                               "backup")
+    # two replicas are three votes on their own
+    assert topology.parse({"counts": {"monitoring": 0, "replicas": 2}}).with_role("quorum") == []
 
 
 def test_roles_can_share_a_machine():
@@ -144,6 +157,12 @@ WWW = {"name": "www1", "roles": ["web", "app", "db-primary"], "private_address":
     ({"machines": [{**LB, "roles": ["loadbalancer", "backup"]}, WWW,
                    {"name": "bk2", "roles": ["backup"], "private_address": "198.19.0.71"}]},
      r"machines: at most one machine may have role 'backup', found lb1, bk2"),
+    ({"counts": {"monitoring": 0}},
+     r"counts|machines: the database cluster has 2 quorum votes \(db1, db2\); it needs at "
+     r"least 3: give role 'quorum' to a machine that is not a DB node"),
+    ({"machines": [LB, {**WWW, "roles": ["web", "app", "db-primary", "quorum"]},
+                   {"name": "db2", "roles": ["db-replica"], "private_address": "198.19.0.42"}]},
+     r"machines: www1 cannot hold role 'quorum' and be a database node"),
     ({"counts": {"loadbalancers": 2}, "vips": [{"address": "198.18.0.100"}]},
      r"vips: 1 virtual IPs for 2 load balancers"),
     ({"counts": {"loadbalancers": 1}, "vips": [{"address": "198.19.0.100"}]},
