@@ -119,6 +119,24 @@ def ensure(secrets_dir: Path, domain: str, aliases: Sequence[str],
     return out
 
 
+def ensure_host_service(secrets_dir: Path, domain: str, name: str,
+                        addresses: Sequence[str], now: datetime | None = None
+                        ) -> tuple[Path, Path]:
+    """A server certificate from the environment's CA for a service that runs on the
+    controller, not on a machine (the lab's fence device); kept in ``{secrets_dir}/{name}``,
+    out of the directory the deploy ships. Returns (certificate, key) paths."""
+    now = _utc(now)
+    ca_cert, ca_key = _ensure_ca(ca_dir(secrets_dir), domain, now)
+    out = secrets_dir / name
+    _make_dir(out)
+    _remove_temp_files(out)
+    leaf = _Issuer(ca_cert, ca_key, now).ensure_leaf(
+        out, name, name, [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses],
+        SERVER, MACHINE_LIFETIME)
+    _write_if_changed(out / f"{name}.crt", leaf, PUBLIC_MODE)
+    return out / f"{name}.crt", out / f"{name}.key"
+
+
 # ---- bring your own --------------------------------------------------------------------------
 
 def check_site_pair(cert: Path, key: Path, names: Sequence[str],

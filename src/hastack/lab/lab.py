@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,9 +25,14 @@ from rich.console import Console
 from hastack import deploy, inventory, paths, pki, siteclient, topology, ui, wheelhouse
 from hastack.errors import HastackError
 from hastack.fleet import Fleet, remote_command
-from hastack.lab import image, network
+from hastack.lab import image, network, redfish
 from hastack.lab.machine import LabMachine, all_lab_cgroups, require_tools, stop_machines
 from hastack.topology import Topology
+
+# The lab's fence device for its DB nodes: a Redfish endpoint on the host's private address,
+# driven by the same fence_redfish agent real servers' BMCs answer (docs/operations.md).
+FENCE_PORT = 8443
+FENCE_USER = "hastack-fence"
 
 
 def require_root(what: str) -> None:
@@ -59,6 +65,8 @@ class Lab(Fleet):
         self.inventory = self.dir / "inventory.yml"
         self.secrets = self.dir / "secrets"
         self.deployed = self.dir / "deployed"
+        self.fence_password = self.secrets / "fence_password"
+        self.fence_pidfile = self.dir / "redfish.pid"
 
     # ---- state ---------------------------------------------------------------------------
     def topology(self) -> Topology | None:
@@ -122,6 +130,7 @@ class Lab(Fleet):
 
         # Certificates close to expiry are renewed now, and a renewal counts as a change.
         deploy.ensure_tls(self.inventory, self.secrets)
+        self._ensure_fence_device(topo)
         unchanged = self.deployed.exists() and self.deployed.read_text() == self._fingerprint()
         if force_deploy or not unchanged:
             self._deploy(console)
@@ -159,6 +168,48 @@ class Lab(Fleet):
         self.deployed.unlink(missing_ok=True)
         deploy.run(self.inventory, self.secrets, console)
         self.deployed.write_text(self._fingerprint())
+
+    def _fenced(self, topo: Topology) -> list[str]:
+        """The DB nodes, when they form a failover cluster (which fences)."""
+        nodes = [m.name for m in topo.machines if {"db-primary", "db-replica"} & set(m.roles)]
+        return nodes if len(nodes) >= 2 else []
+
+    def _ensure_fence_password(self) -> str:
+        if not self.fence_password.exists():
+            self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.fence_password, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24) + "\n")
+        return self.fence_password.read_text().strip()
+
+    def _ensure_fence_device(self, topo: Topology) -> None:
+        """Run the Redfish endpoint the DB nodes' fence_redfish drives (restarted when the
+        set of DB nodes changed: it serves exactly those)."""
+        nodes = self._fenced(topo)
+        redfish.stop_daemon(self.fence_pidfile)
+        if not nodes:
+            return
+        cert, key = pki.ensure_host_service(self.secrets, topo.domain, "lab-fence",
+                                            [str(topo.host_private)])
+        self._ensure_fence_password()
+        redfish.start_daemon(lab_dir=self.dir, address=str(topo.host_private), port=FENCE_PORT,
+                             cert=cert, key=key, user=FENCE_USER,
+                             password_file=self.fence_password, systems=nodes,
+                             log=self.dir / "redfish.log", pidfile=self.fence_pidfile)
+
+    def _fence_vars(self, topo: Topology) -> dict[str, Any]:
+        """Each DB node's fence device (hastack_fence) and the flow to it."""
+        nodes = self._fenced(topo)
+        if not nodes:
+            return {}
+        password = self._ensure_fence_password()
+        hosts = {name: {"hastack_fence": {"agent": "fence_redfish", "params": {
+            "ip": str(topo.host_private), "ipport": FENCE_PORT, "username": FENCE_USER,
+            "password": password, "systems_uri": f"/redfish/v1/Systems/{name}",
+            "pcmk_host_argument": "none"}}} for name in nodes}
+        flow = {"name": "fence-from-db", "from": "database", "to": "admin", "proto": "tcp",
+                "ports": [FENCE_PORT]}
+        return {"hosts": hosts, "vars": {"firewall_extra_flows": [flow]}}
 
     def _ensure_ssh_key(self) -> None:
         if self.ssh_key.exists():
@@ -200,6 +251,10 @@ class Lab(Fleet):
             "hastack_trusted_clients": [f"{topo.host_public}/32"],
         }
         data = inventory.build(topo, connection)
+        fence = self._fence_vars(topo)
+        for name, hostvars in fence.get("hosts", {}).items():
+            data["all"]["hosts"][name].update(hostvars)
+        data["all"]["vars"].update(fence.get("vars", {}))
         self.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
 
     def _wait_ssh(self, topo: Topology, timeout: float = 60.0) -> None:
@@ -261,6 +316,7 @@ class Lab(Fleet):
             if name not in known:
                 machines.append(LabMachine(None, None, self.dir, name=name))
         deploy.close_connections(self.secrets)
+        redfish.stop_daemon(self.fence_pidfile)
         stop_machines(machines, graceful=True)
         network.remove_links()
         shutil.rmtree(self.dir, ignore_errors=True)
