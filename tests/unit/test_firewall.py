@@ -341,7 +341,10 @@ def test_each_tier_opens_only_its_own_connections():
                              ("web-from-lb", 443)}
     assert opened["web1"] == {("app-from-web", 8000)}
     assert opened["app1"] == {("db-from-app", 3306)}
-    assert opened["db1"] == opened["db2"] == {("db-replication", 3306)}
+    # the DB nodes: replication, and their failover cluster (corosync's knet, the quorum
+    # device's client to corosync-qnetd on mon1)
+    assert opened["db1"] == opened["db2"] == {("db-replication", 3306), ("cluster-knet", 5405),
+                                              ("cluster-qnetd", 5403)}
     assert opened["ns1"] == set()
     # a database machine opens nothing towards the web tier (or anything else)
     for web in s.groups["web"]:

@@ -37,7 +37,8 @@ ROLE_PACKAGES = [
     "prometheus-blackbox-exporter", "prometheus-mysqld-exporter", "prometheus-nginx-exporter",
     "fail2ban", "python3-systemd", "mariadb-backup",
     # the database tier's failover engine and its third quorum vote (docs/architecture.md)
-    "pacemaker", "corosync", "corosync-qdevice", "corosync-qnetd", "resource-agents",
+    "pacemaker", "pacemaker-cli-utils", "corosync", "corosync-qdevice", "corosync-qnetd",
+    "resource-agents",
     "fence-agents",
 ]
 # enabled by the Debian packages, enabled again by the playbook on the machines that need them
