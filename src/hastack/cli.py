@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from hastack import backup, db, lb, topology
+from hastack import backup, cluster, db, lb, topology
 from hastack import bench as benchmark
 from hastack import status as monitoring_status
 from hastack.chaos import catalog as chaos_catalog
@@ -235,10 +235,13 @@ app.add_typer(db_app, name="db")
 @db_app.command("status")
 def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON array")] = False,
               inventory: InventoryOpt = None) -> None:
-    """Each database node: role, GTID positions, replication threads, lag, semi-sync."""
-    nodes = db.status_dicts(_fleet(inventory))
+    """Each database node: role, GTID positions, replication threads, lag, semi-sync; and
+    the cluster engine's view (quorum, fencing, resources, failcounts)."""
+    fleet = _fleet(inventory)
+    nodes = db.status_dicts(fleet)
+    engine = cluster.status(fleet)
     if as_json:
-        print(json.dumps(nodes))
+        print(json.dumps({"nodes": nodes, "cluster": engine}))
         return
     table = Table("node", "role", "read only", "GTID (binlog)", "replicates from", "IO/SQL",
                   "lag s", "semi-sync", "threads running")
@@ -252,6 +255,8 @@ def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON arr
                       "" if n["lag_seconds"] is None else str(n["lag_seconds"]), semi,
                       "" if n["threads_running"] is None else str(n["threads_running"]))
     out.print(table)
+    for line in cluster.summary_lines(engine):
+        out.print(line, highlight=False)
 
 
 @db_app.command("backup")

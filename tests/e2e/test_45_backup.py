@@ -69,7 +69,7 @@ def test_a_backup_from_the_replica_holds_every_acknowledged_write(lab, backup_ma
             r = c.post("/messages", json={"author": "backup-e2e", "body": f"{i} {uuid.uuid4()}"})
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
-    nodes = json.loads(run("db", "status", "--json").stdout)
+    nodes = json.loads(run("db", "status", "--json").stdout)["nodes"]
     primary = next(n for n in nodes if n["role"] == "primary")
     replica = next(n for n in nodes if n["role"] == "replica")
     acknowledged = gtid_seq(primary["gtid_binlog_pos"])
@@ -150,7 +150,7 @@ def test_the_primary_binary_logs_reach_the_backup_machine_as_they_are_written(la
         r = c.post("/messages", json={"author": "backup-e2e", "body": f"binlog {uuid.uuid4()}"})
         assert r.status_code == 201, r.text
     acked = time.monotonic()
-    nodes = json.loads(run("db", "status", "--json").stdout)
+    nodes = json.loads(run("db", "status", "--json").stdout)["nodes"]
     primary = next(n for n in nodes if n["role"] == "primary")
     gtid = primary["gtid_binlog_pos"]  # this write's GTID, or a later one
 
@@ -166,7 +166,7 @@ def test_the_primary_binary_logs_reach_the_backup_machine_as_they_are_written(la
 
 def primary_state(lab) -> tuple[str, str]:
     """(name, gtid_binlog_pos) of the primary."""
-    nodes = json.loads(run("db", "status", "--json").stdout)
+    nodes = json.loads(run("db", "status", "--json").stdout)["nodes"]
     p = next(n for n in nodes if n["role"] == "primary")
     return p["name"], p["gtid_binlog_pos"]
 
@@ -234,7 +234,7 @@ def test_the_restore_drill_equals_a_replica_and_leaves_it_replicating(lab, backu
     print(f"\n{out.strip()}")
 
     def replicating():
-        node = next(n for n in json.loads(run("db", "status", "--json").stdout)
+        node = next(n for n in json.loads(run("db", "status", "--json").stdout)["nodes"]
                     if n["name"] == replica)
         return node["io_running"] == "Yes" and node["sql_running"] == "Yes"
     poll(replicating, 10, f"{replica} replicating again after the drill")

@@ -1,0 +1,166 @@
+"""The database cluster engine's view (Pacemaker + Corosync), for `hastack db status`.
+
+Every DB node is asked, over SSH through the Fleet, for its own view of quorum
+(`corosync-quorumtool -s`: a node cut off from the others says so itself) and for Pacemaker's
+view (`crm_mon --output-as=xml`); the cluster-wide part (DC, members, resources, failcounts,
+fencing) comes from the first node that holds quorum, since a node without it may be stale.
+Parsing is kept apart from asking, and tested on output captured from a lab.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from hastack.fleet import Fleet
+from hastack.topology import Topology
+
+SEPARATOR = "--hastack-quorum--"
+# One SSH round trip per node; each tool's failure is in its own part of the answer.
+ASK = (f"crm_mon -1 --output-as=xml --include=all 2>&1; echo '{SEPARATOR}'; "
+       "corosync-quorumtool -s 2>&1")
+
+
+def parse_quorum(text: str) -> dict[str, Any]:
+    """corosync-quorumtool -s: this node's own view of quorum and votes."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() and not key.startswith(" "):
+            fields[key.strip()] = value.strip()
+    if "Quorate" not in fields:
+        return {"running": False, "error": (text.strip().splitlines() or ["no answer"])[-1]}
+    flags = fields.get("Flags", "").split()
+    qdevice_line = re.search(r"^\s*0\s+(\d+)\s+Qdevice", text, re.MULTILINE)
+    qdevice_votes = int(qdevice_line.group(1)) if qdevice_line else 0
+    return {
+        "running": True,
+        "quorate": fields["Quorate"] == "Yes",
+        "total_votes": _int(fields.get("Total votes")),
+        "expected_votes": _int(fields.get("Expected votes")),
+        "quorum": _int(fields.get("Quorum")),
+        "qdevice_configured": "Qdevice" in flags,
+        # the quorum device's vote counts now (qnetd reachable and voting for this side)
+        "qdevice": qdevice_votes > 0,
+        "qdevice_votes": qdevice_votes,
+    }
+
+
+def parse_crm_mon(text: str) -> dict[str, Any]:
+    """crm_mon --output-as=xml --include=all: Pacemaker's view of the cluster."""
+    try:
+        root = ET.fromstring(text[text.index("<"):])
+    except (ValueError, ET.ParseError):
+        return {"running": False, "error": (text.strip().splitlines() or ["no answer"])[-1]}
+    summary = root.find("summary")
+    dc = summary.find("current_dc") if summary is not None else None
+    options = summary.find("cluster_options") if summary is not None else None
+    nodes = [{"name": n.get("name", ""), "online": n.get("online") == "true",
+              "unclean": n.get("unclean") == "true", "standby": n.get("standby") == "true"}
+             for n in root.iterfind("nodes/node")]
+    resources = []
+    for r in root.iter("resource"):
+        resources.append({"id": r.get("id", ""), "agent": r.get("resource_agent", ""),
+                          "role": r.get("role", ""), "active": r.get("active") == "true",
+                          "failed": r.get("failed") == "true",
+                          "nodes": [n.get("name", "") for n in r.iterfind("node")]})
+    failcounts = []
+    for node in root.iterfind("node_history/node"):
+        for history in node.iterfind("resource_history"):
+            count = history.get("fail-count")
+            if count and count != "0":
+                failcounts.append({"node": node.get("name", ""), "resource": history.get("id"),
+                                   "count": count})
+    fencing = [{"action": e.get("action", ""), "target": e.get("target", ""),
+                "status": e.get("status", ""), "by": e.get("delegate", ""),
+                "completed": e.get("completed", "")}
+               for e in root.iterfind("fence_history/fence_event")]
+    return {
+        "running": True,
+        "dc": dc.get("name", "") if dc is not None and dc.get("present") == "true" else "",
+        "with_quorum": dc is not None and dc.get("with_quorum") == "true",
+        "fencing_enabled": options is not None and options.get("stonith-enabled") == "true",
+        "no_quorum_policy": options.get("no-quorum-policy", "") if options is not None else "",
+        "nodes": nodes,
+        "resources": resources,
+        "failcounts": failcounts,
+        "fence_history": fencing,
+    }
+
+
+def parse_answer(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One node's answer to ASK: (Pacemaker's view, Corosync's quorum view)."""
+    crm, _, quorum = text.partition(SEPARATOR)
+    return parse_crm_mon(crm), parse_quorum(quorum)
+
+
+def db_nodes(topo: Topology) -> list[str]:
+    return [m.name for m in topo.machines if {"db-primary", "db-replica"} & set(m.roles)]
+
+
+def status(fleet: Fleet) -> dict[str, Any]:
+    """Each DB node's own quorum view, plus the cluster view of the first quorate node.
+    `engine` is "none" when the topology has no failover cluster (a single DB node)."""
+    topo = fleet.require_topology()
+    names = db_nodes(topo)
+    if len(names) < 2:
+        return {"engine": "none"}
+    members: list[dict[str, Any]] = []
+    view: dict[str, Any] | None = None
+    for name in names:
+        try:
+            out = fleet.run_on(name, ASK, timeout=15)
+            crm, quorum = parse_answer(out.stdout)
+        except Exception as exc:  # noqa: BLE001 - a node that cannot be asked is reported
+            crm, quorum = {"running": False, "error": str(exc)}, {"running": False,
+                                                                  "error": str(exc)}
+        members.append({"name": name, **{f"quorum_{k}" if k in ("running", "error") else k: v
+                                         for k, v in quorum.items()}})
+        if view is None and crm.get("running") and quorum.get("quorate"):
+            view = {**crm, "from": name}
+    return {"engine": "pacemaker", "members": members,
+            "view": view or {"running": False, "error": "no DB node holds quorum"}}
+
+
+def summary_lines(cluster: dict[str, Any]) -> list[str]:
+    """What `hastack db status` prints under the nodes' table."""
+    if cluster.get("engine") != "pacemaker":
+        return ["cluster: none (one DB node: nothing to fail over to)"]
+    lines = []
+    for m in cluster["members"]:
+        if not m.get("quorum_running"):
+            lines.append(f"  {m['name']}: corosync not answering ({m.get('quorum_error', '')})")
+            continue
+        votes = f"{m['total_votes']}/{m['expected_votes']} votes"
+        device = "qdevice voting" if m["qdevice"] else "qdevice not voting"
+        lines.append(f"  {m['name']}: {'quorate' if m['quorate'] else 'NO QUORUM'} "
+                     f"({votes}, {device})")
+    view = cluster["view"]
+    if not view.get("running"):
+        return ["cluster (pacemaker): " + view.get("error", "no view"), *lines]
+    online = [n["name"] for n in view["nodes"] if n["online"]]
+    offline = [n["name"] + (" (unclean)" if n["unclean"] else "")
+               for n in view["nodes"] if not n["online"]]
+    head = (f"cluster (pacemaker, as {view['from']} sees it): DC {view['dc'] or 'none'}, "
+            f"fencing {'on' if view['fencing_enabled'] else 'off'}, without quorum: "
+            f"{view['no_quorum_policy']}; online {', '.join(online) or 'none'}"
+            + (f"; offline {', '.join(offline)}" if offline else ""))
+    lines = [head, *lines]
+    for r in view["resources"]:
+        where = ", ".join(r["nodes"]) or "nowhere"
+        state = "FAILED" if r["failed"] else (r["role"] or "Stopped")
+        lines.append(f"  {r['id']} ({r['agent']}): {state} on {where}")
+    for f in view["failcounts"]:
+        lines.append(f"  failcount {f['resource']} on {f['node']}: {f['count']}")
+    for e in view["fence_history"][-3:]:
+        lines.append(f"  fenced: {e['action']} {e['target']} {e['status']} (by {e['by']}, "
+                     f"{e['completed']})")
+    return lines
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,108 @@
+"""The database cluster's engine on the lab: Corosync + Pacemaker on the DB nodes with the
+third quorum vote from corosync-qnetd on mon1 (TLS), and a fence device per node that really
+powers the node off and on (the lab's Redfish endpoint, driven by Debian's fence_redfish).
+
+What is proven here: three votes, quorum kept when the quorum machine is gone and when a DB
+node is cut off (the side that still reaches qnetd keeps it), a fencing order that power-cycles
+the node it names, which then rejoins the cluster and replication on its own.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hastack.chaos import primitives
+
+from .conftest import poll, run
+
+
+def cluster() -> dict:
+    return json.loads(run("db", "status", "--json").stdout)["cluster"]
+
+
+def member(view: dict, name: str) -> dict:
+    return next(m for m in view["members"] if m["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def nodes(lab) -> list[str]:
+    names = lab.names("db-primary") + lab.names("db-replica")
+    if len(names) < 2 or not lab.names("quorum"):
+        pytest.skip("this topology has no database cluster with a quorum machine")
+    return names
+
+
+def test_three_votes_and_the_fence_devices_run(lab, nodes):
+    view = poll(lambda: (c := cluster())["view"].get("running") and all(
+        m.get("quorate") and m["qdevice"] for m in c["members"]) and c, 60,
+        "every DB node quorate with the quorum device voting")
+    for m in view["members"]:
+        assert (m["total_votes"], m["expected_votes"], m["qdevice_votes"]) == (3, 3, 1), m
+    pm = view["view"]
+    assert sorted(n["name"] for n in pm["nodes"] if n["online"]) == sorted(nodes)
+    assert pm["no_quorum_policy"] == "demote"
+    fences = {r["id"]: r for r in pm["resources"] if r["agent"] == "stonith:fence_redfish"}
+    assert set(fences) == {f"fence-{n}" for n in nodes}
+    for n in nodes:
+        # started (its monitor reached the device, TLS verified), never on the node it fences
+        assert fences[f"fence-{n}"]["active"] and not fences[f"fence-{n}"]["failed"]
+        assert n not in fences[f"fence-{n}"]["nodes"]
+    text = run("db", "status").stdout
+    assert "cluster (pacemaker" in text and "quorate (3/3 votes, qdevice voting)" in text
+
+
+def test_quorum_holds_without_the_quorum_machine(lab, nodes):
+    qnetd = lab.names("quorum")[0]
+    lab.ssh(qnetd, "systemctl stop corosync-qnetd")
+    try:
+        view = poll(lambda: (c := cluster()) and all(
+            m.get("quorate") and not m["qdevice"] for m in c["members"]) and c, 60,
+            "the DB nodes quorate on their own two votes")
+        for m in view["members"]:
+            assert (m["total_votes"], m["expected_votes"]) == (2, 3), m
+    finally:
+        lab.ssh(qnetd, "systemctl start corosync-qnetd")
+    poll(lambda: all(m.get("quorate") and m["qdevice"] for m in cluster()["members"]), 60,
+         "the quorum device voting again")
+
+
+def test_a_cut_off_node_loses_quorum_and_the_other_keeps_it(lab, nodes):
+    first, cut = nodes[0], nodes[1]
+    primitives.cut_link(cut, "private")
+    try:
+        def seen_from_first():
+            c = cluster()
+            me = member(c, first)
+            online = {n["name"]: n["online"] for n in c["view"].get("nodes", [])}
+            return (me.get("quorate") and me["qdevice"] and me["total_votes"] == 2
+                    and online.get(cut) is False and c)
+        poll(seen_from_first, 30, f"{first} quorate with the quorum device, {cut} offline")
+        quorum = run("ssh", first, "--", "corosync-quorumtool -s").stdout
+        assert "Quorate:          Yes" in quorum
+    finally:
+        primitives.restore_link(cut, "private")
+    poll(lambda: all(m.get("quorate") and m["qdevice"] for m in cluster()["members"]), 60,
+         f"{cut} back in the cluster")
+
+
+def test_a_fencing_order_power_cycles_the_node_and_it_rejoins(lab, nodes):
+    fencer, victim = nodes[0], nodes[1]
+    boot = lab.ssh(victim, "cat /proc/sys/kernel/random/boot_id").strip()
+    out = run("ssh", fencer, "--", f"stonith_admin --reboot {victim} --timeout 60")
+    assert out.returncode == 0
+    history = lab.ssh(fencer, f"stonith_admin --history {victim}")
+    assert f"reboot of {victim} successful" in history
+    poll(lambda: lab.ssh(victim, "cat /proc/sys/kernel/random/boot_id", check=False).strip()
+         not in ("", boot), 60, f"{victim} booted again")
+    poll(lambda: all(m.get("quorate") and m["qdevice"] for m in cluster()["members"]), 90,
+         f"{victim} back in the cluster")
+
+    def replicating():
+        nodes_ = json.loads(run("db", "status", "--json").stdout)["nodes"]
+        node = next(n for n in nodes_ if n["name"] == victim)
+        return node["role"] in ("replica", "primary") and (
+            node["role"] == "primary" or (node["io_running"], node["sql_running"]) == ("Yes",
+                                                                                      "Yes"))
+    poll(replicating, 90, f"{victim}'s MariaDB serving its role again")
