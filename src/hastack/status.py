@@ -46,6 +46,7 @@ ROLE_UNITS = {
                    "hastack-alert-receiver", "hastack-status-page"),
     "backup": ("hastack-db-backup.timer", "hastack-db-restore-drill.timer",
                "hastack-binlog-follow"),
+    "quorum": ("corosync-qnetd",),
 }
 EVERY_MACHINE_UNITS = ("prometheus-node-exporter",)
 # The scrape jobs that target each role's machines (prometheus.yml.j2).
