@@ -233,7 +233,8 @@ app.add_typer(db_app, name="db")
 
 
 @db_app.command("status")
-def db_status(as_json: Annotated[bool, typer.Option("--json", help="one JSON array")] = False,
+def db_status(as_json: Annotated[bool, typer.Option(
+                  "--json", help="one JSON object: nodes, cluster")] = False,
               inventory: InventoryOpt = None) -> None:
     """Each database node: role, GTID positions, replication threads, lag, semi-sync; and
     the cluster engine's view (quorum, fencing, resources, failcounts)."""

@@ -57,14 +57,19 @@ def test_status_sees_the_same_machines_and_vip_holders(lab, servers, secrets):
 def test_db_status_is_the_labs(servers):
     volatile = ("threads_running",)  # our own query counts among them
 
-    def same() -> list | None:
+    def same() -> dict | None:
         mine = json.loads(run("db", "status", *servers, "--json").stdout)
         labs = json.loads(run("db", "status", "--json").stdout)
-        strip = [[{k: v for k, v in n.items() if k not in volatile} for n in x]
+        strip = [[{k: v for k, v in n.items() if k not in volatile} for n in x["nodes"]]
                  for x in (mine, labs)]
-        return mine if strip[0] == strip[1] else None
+        # the cluster engine's view too: each node's quorum, the members Pacemaker sees
+        engines = [(x["cluster"].get("members"),
+                    [n["name"] for n in x["cluster"].get("view", {}).get("nodes", [])])
+                   for x in (mine, labs)]
+        return mine if strip[0] == strip[1] and engines[0] == engines[1] else None
 
-    nodes = poll(same, 30, "db status through the inventory equal to the lab's", interval=1)
+    status = poll(same, 30, "db status through the inventory equal to the lab's", interval=1)
+    nodes = status["nodes"]
     assert {n["role"] for n in nodes} >= {"primary"}
     assert all(not n["error"] for n in nodes)
 

@@ -20,7 +20,7 @@ def sql(lab, node: str, query: str) -> str:
 
 
 def db_nodes(lab) -> dict[str, dict]:
-    return {n["name"]: n for n in json.loads(run("db", "status", "--json").stdout)}
+    return {n["name"]: n for n in json.loads(run("db", "status", "--json").stdout)["nodes"]}
 
 
 def primary(lab) -> str:
