@@ -163,6 +163,18 @@ def server_ssh_argv(name: str, hostvars: dict[str, Any], command: Command | None
     return [*argv, "--", line]
 
 
+def _lab_made(path: Path) -> bool:
+    """Whether a YAML inventory is one `hastack up` wrote (all.vars.hastack_environment)."""
+    if path.suffix not in (".yml", ".yaml"):
+        return False
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    variables = ((data.get("all") or {}).get("vars") or {}) if isinstance(data, dict) else {}
+    return variables.get("hastack_environment") == "lab"
+
+
 class InventoryFleet(Fleet):
     """Servers listed in an Ansible inventory, reached over SSH as Ansible reaches them.
 
@@ -175,6 +187,7 @@ class InventoryFleet(Fleet):
     def __init__(self, path: Path, secrets: Path | None = None):
         inventory.check_file(path)
         self.inventory = path
+        self._secrets_given = secrets is not None
         self.secrets = secrets or inventory.secrets_dir(path)
         self._listing: dict[str, Any] | None = None
 
@@ -203,6 +216,12 @@ class InventoryFleet(Fleet):
 
     def deploy(self, console: Console, limit: str | None = None) -> dict[str, Any]:
         """The real-server deploy (`hastack deploy -i`): the lab's playbook, this inventory."""
+        if not self._secrets_given and _lab_made(self.inventory):
+            # its secrets are the lab's: new ones made beside the file would re-key every
+            # database user on the lab's machines (it happened once, silently)
+            raise HastackError(f"{self.inventory}: is a lab's inventory (hastack_environment: "
+                               "lab); deploy it with the lab's secrets: --secrets-dir "
+                               f"{self.inventory.resolve().parent / 'secrets'} (or 'hastack up')")
         return deploy.run(self.inventory, self.secrets, console,
                           extra_vars=self.deploy_vars, limit=limit)
 

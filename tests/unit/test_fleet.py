@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from hastack import fleet, inventory, topology
 from hastack.errors import HastackError
@@ -129,3 +130,19 @@ def test_the_lab_and_an_inventory_are_both_fleets():
     assert issubclass(Lab, fleet.Fleet) and issubclass(InventoryFleet, fleet.Fleet)
     assert Lab.shares_clock and not InventoryFleet.shares_clock
     assert inventory.GROUPS is topology.ROLE_GROUPS  # one mapping, read both ways
+
+
+def test_the_labs_own_inventory_needs_the_labs_secrets(tmp_path: Path):
+    """A lab's inventory with -i and no --secrets-dir would make new secrets beside it and
+    re-key the lab's database users; it is refused before anything connects."""
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    path = lab_dir / "inventory.yml"
+    path.write_text(yaml.safe_dump(inventory.build(topology.load(None))))
+    with pytest.raises(HastackError, match=rf"^{path}: is a lab's inventory "
+                                           r"\(hastack_environment: lab\); deploy it with the "
+                                           rf"lab's secrets: --secrets-dir {lab_dir}/secrets"):
+        InventoryFleet(path).deploy(Console())
+    assert not (lab_dir / ".hastack-secrets").exists()
+    # reading needs no secrets: operations on it work as on any inventory
+    assert InventoryFleet(path).ssh_argv("db1")[-1] == "198.19.0.41"
