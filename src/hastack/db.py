@@ -7,6 +7,7 @@ socket), so no database port is opened to the host.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ from rich.console import Console
 from hastack.errors import HastackError
 from hastack.fleet import Fleet
 from hastack.topology import Topology
+
+ROLE_FILE = "/etc/mysql/mariadb.conf.d/61-hastack-role.cnf"  # the database role's own file
 
 
 def _global_status(name: str) -> str:
@@ -117,13 +120,15 @@ def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: fl
     """Planned promotion of a replica, losing no acknowledged write.
 
     1. checks: target replicates from the primary, threads running;
-    2. stop writes: the primary becomes read_only (the site retries refused writes);
-    3. wait until the target has applied the primary's last GTID (MASTER_GTID_WAIT);
-    4. the target stops replicating; the old primary and every other replica are repointed
-       at it (GTID, slave_pos), and it waits (up to 2 s) until one of them acknowledges as a
-       semi-sync replica: its first commits then need no semi-sync timeout (which held
-       writes 1 s longer and went async for a moment);
-    5. promote: the target becomes writable;
+    2. stop writes: the primary becomes read_only (the site retries refused writes) and its
+       role file says replica;
+    3. wait until the target has applied the primary's last GTID (MASTER_GTID_WAIT), then
+       it stops replicating;
+    4. side by side: the old primary and every other replica are repointed at it (GTID,
+       slave_pos), while it waits (up to 1 s) until one of them acknowledges as a semi-sync
+       replica (its first commits then need no semi-sync timeout, which held writes 1 s
+       longer and went async for a moment), then becomes writable;
+    5. its role file says primary;
     6. record the new roles (the lab's record, or the inventory file) and redeploy so
        configs agree (not in the outage); a fleet that could not record them refuses at 1.
     """
@@ -149,17 +154,18 @@ def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: fl
     started = time.monotonic()
 
     console.print(f"switchover {old.name} -> {target}: stopping writes on {old.name}")
-    # Writes are held from here until the target is writable: each step below is one SSH
-    # round trip. Only the primary waits for semi-sync acknowledgements (a replica doing so
-    # would stall its own SQL thread): that role moves with it.
-    semi, final = _sql(fleet, old.name, "SELECT @@rpl_semi_sync_master_enabled; "
-                                        "SET GLOBAL read_only=ON; FLUSH TABLES; "
-                                        "SELECT @@gtid_binlog_pos").split("\n")[:2]
-    semi_sync, final = semi.strip() == "1", final.strip()
-    _persist_role(fleet, old.name, primary=False)  # a reboot now must not make it writable
-    timings["writes_stopped_at"] = started
-    waited = _sql(fleet, target, f"SELECT MASTER_GTID_WAIT('{final}', {catch_up_timeout})",
-                  timeout=catch_up_timeout + 15).strip()
+    # Writes are held from here until the target is writable: three SSH round trips in a
+    # row (each one script), the last two steps side by side. Only the primary waits for
+    # semi-sync acknowledgements (a replica doing so would stall its own SQL thread): that
+    # role moves with it.
+    out = fleet.run_checked(old.name, "sh -s", f"stopping writes on {old.name}",
+                            stdin=STOP_WRITES_SCRIPT.format(role=_role_file(primary=False)))
+    semi, final = [line.strip() for line in out.splitlines()[:2]]
+    semi_sync = semi == "1"
+    waited = fleet.run_checked(
+        target, "sh -s", f"catching up on {target}", timeout=catch_up_timeout + 15,
+        stdin=CATCH_UP_SCRIPT.format(gtid=final, timeout=catch_up_timeout,
+                                     semi="ON" if semi_sync else "OFF")).strip()
     if waited != "0":
         _sql(fleet, old.name, "SET GLOBAL read_only=OFF")
         _persist_role(fleet, old.name, primary=True, semi_sync=semi_sync)
@@ -167,28 +173,58 @@ def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: fl
                            f"{catch_up_timeout:.0f} s; writes re-enabled on {old.name}, "
                            "nothing changed")
     timings["caught_up_s"] = time.monotonic() - started
-    _sql(fleet, target, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled="
-                        + ("ON" if semi_sync else "OFF"))
     change = (f"CHANGE MASTER TO MASTER_HOST='{new.address}', MASTER_PORT=3306, "
               f"MASTER_USER='{repl_user}', MASTER_PASSWORD='{repl_password}', "
               "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1")
-    _sql(fleet, old.name, "SET GLOBAL rpl_semi_sync_master_enabled=OFF; "
-                          f"SET GLOBAL gtid_slave_pos=@@gtid_binlog_pos; {change}; START SLAVE")
+    repoint = {old.name: "SET GLOBAL rpl_semi_sync_master_enabled=OFF; "
+                         f"SET GLOBAL gtid_slave_pos=@@gtid_binlog_pos; {change}; START SLAVE"}
     for other in nodes.values():
         if other.name not in (old.name, target) and other.role == "replica":
-            _sql(fleet, other.name, f"STOP SLAVE; {change}; START SLAVE")
-    timings["repointed_s"] = time.monotonic() - started
-    _promote_once_acknowledged(fleet, target)
+            repoint[other.name] = f"STOP SLAVE; {change}; START SLAVE"
+
+    def repoint_all() -> float:
+        with ThreadPoolExecutor(len(repoint)) as pool:
+            for done in [pool.submit(_sql, fleet, n, sql) for n, sql in repoint.items()]:
+                done.result()
+        return time.monotonic() - started
+
+    # The target waits (up to 1 s) for a repointed replica to acknowledge it as a semi-sync
+    # replica before it takes writes, so its first commits need no semi-sync timeout.
+    with ThreadPoolExecutor(2) as pool:
+        repointed = pool.submit(repoint_all)
+        promoted = pool.submit(_promote_once_acknowledged, fleet, target)
+        promoted.result()
+        timings["promoted_s"] = time.monotonic() - started
+        timings["repointed_s"] = repointed.result()
     _persist_role(fleet, target, primary=True, semi_sync=semi_sync)
-    timings["promoted_s"] = time.monotonic() - started
     console.print(f"{target} is the primary (writable {timings['promoted_s']:.2f} s after "
                   f"writes stopped, at GTID {final}); replicas follow it; recording the new "
                   "roles and redeploying")
 
     fleet.set_primary(target, console)
     timings["redeployed_s"] = time.monotonic() - started
-    timings.pop("writes_stopped_at")
     return timings
+
+
+# On the old primary (one SSH round trip): no more writes, its last GTID, and its role file
+# says replica (a reboot from here on must not make it writable). Prints whether it waited
+# for semi-sync acknowledgements, then the GTID.
+STOP_WRITES_SCRIPT = """set -e
+mariadb -B -N -e 'SELECT @@rpl_semi_sync_master_enabled; SET GLOBAL read_only=ON;
+  FLUSH TABLES; SELECT @@gtid_binlog_pos'
+cat > ROLE_FILE <<'HASTACK_ROLE'
+{role}HASTACK_ROLE
+""".replace("ROLE_FILE", ROLE_FILE)
+
+# On the target (one SSH round trip): wait until it has applied the old primary's last GTID;
+# only then stop replicating and take the primary's semi-sync role. Prints MASTER_GTID_WAIT's
+# answer (0: caught up; -1: timed out, and nothing was changed).
+CATCH_UP_SCRIPT = """set -e
+waited=$(mariadb -B -N -e "SELECT MASTER_GTID_WAIT('{gtid}', {timeout})")
+echo "$waited"
+[ "$waited" = 0 ] || exit 0
+mariadb -e 'STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled={semi}'
+"""
 
 
 # On the target itself (one SSH round trip): until a replica acknowledges it as a semi-sync
@@ -210,15 +246,17 @@ def _promote_once_acknowledged(fleet: Fleet, node: str) -> None:
     fleet.run_checked(node, "sh -s", f"promoting {node}", stdin=PROMOTE_SCRIPT)
 
 
-ROLE_FILE = "/etc/mysql/mariadb.conf.d/61-hastack-role.cnf"  # the database role's own file
+def _role_file(primary: bool, semi_sync: bool = False) -> str:
+    """The node's role file, as the database role writes it."""
+    return (f"# managed by hastack: {'primary' if primary else 'replica'}\n[mariadbd]\n"
+            f"read_only = {'OFF' if primary else 'ON'}\n"
+            f"rpl_semi_sync_master_enabled = {'ON' if primary and semi_sync else 'OFF'}\n")
 
 
 def _persist_role(fleet: Fleet, node: str, primary: bool, semi_sync: bool = False) -> None:
     """Write the node's role where MariaDB reads it at start, as the deploy would."""
-    content = (f"# managed by hastack: {'primary' if primary else 'replica'}\n[mariadbd]\n"
-               f"read_only = {'OFF' if primary else 'ON'}\n"
-               f"rpl_semi_sync_master_enabled = {'ON' if primary and semi_sync else 'OFF'}\n")
-    fleet.run_checked(node, f"cat > {ROLE_FILE}", f"writing {ROLE_FILE}", stdin=content)
+    fleet.run_checked(node, f"cat > {ROLE_FILE}", f"writing {ROLE_FILE}",
+                      stdin=_role_file(primary, semi_sync))
 
 
 def _replication_credentials(fleet: Fleet) -> tuple[str, str]:
