@@ -38,8 +38,10 @@ def test_three_votes_and_the_fence_devices_run(lab, nodes):
     view = poll(lambda: (c := cluster())["view"].get("running") and all(
         m.get("quorate") and m["qdevice"] for m in c["members"]) and c, 60,
         "every DB node quorate with the quorum device voting")
+    votes = len(nodes) + 1  # one per DB node (test_40 may have added one), one from qnetd
     for m in view["members"]:
-        assert (m["total_votes"], m["expected_votes"], m["qdevice_votes"]) == (3, 3, 1), m
+        assert (m["total_votes"], m["expected_votes"], m["qdevice_votes"]) == (votes, votes,
+                                                                               1), m
     pm = view["view"]
     assert sorted(n["name"] for n in pm["nodes"] if n["online"]) == sorted(nodes)
     assert pm["no_quorum_policy"] == "demote"
@@ -50,7 +52,8 @@ def test_three_votes_and_the_fence_devices_run(lab, nodes):
         assert fences[f"fence-{n}"]["active"] and not fences[f"fence-{n}"]["failed"]
         assert n not in fences[f"fence-{n}"]["nodes"]
     text = run("db", "status").stdout
-    assert "cluster (pacemaker" in text and "quorate (3/3 votes, qdevice voting)" in text
+    assert "cluster (pacemaker" in text
+    assert f"quorate ({votes}/{votes} votes, qdevice voting)" in text
 
 
 def test_quorum_holds_without_the_quorum_machine(lab, nodes):
@@ -59,9 +62,9 @@ def test_quorum_holds_without_the_quorum_machine(lab, nodes):
     try:
         view = poll(lambda: (c := cluster()) and all(
             m.get("quorate") and not m["qdevice"] for m in c["members"]) and c, 60,
-            "the DB nodes quorate on their own two votes")
+            "the DB nodes quorate on their own votes")
         for m in view["members"]:
-            assert (m["total_votes"], m["expected_votes"]) == (2, 3), m
+            assert (m["total_votes"], m["expected_votes"]) == (len(nodes), len(nodes) + 1), m
     finally:
         lab.ssh(qnetd, "systemctl start corosync-qnetd")
     poll(lambda: all(m.get("quorate") and m["qdevice"] for m in cluster()["members"]), 60,
@@ -76,7 +79,8 @@ def test_a_cut_off_node_loses_quorum_and_the_other_keeps_it(lab, nodes):
             c = cluster()
             me = member(c, first)
             online = {n["name"]: n["online"] for n in c["view"].get("nodes", [])}
-            return (me.get("quorate") and me["qdevice"] and me["total_votes"] == 2
+            return (me.get("quorate") and me["qdevice"]
+                    and me["total_votes"] == me["expected_votes"] - 1
                     and online.get(cut) is False and c)
         poll(seen_from_first, 30, f"{first} quorate with the quorum device, {cut} offline")
         quorum = run("ssh", first, "--", "corosync-quorumtool -s").stdout
@@ -99,10 +103,17 @@ def test_a_fencing_order_power_cycles_the_node_and_it_rejoins(lab, nodes):
     poll(lambda: all(m.get("quorate") and m["qdevice"] for m in cluster()["members"]), 90,
          f"{victim} back in the cluster")
 
+    seen: list[dict] = []
+
     def replicating():
         nodes_ = json.loads(run("db", "status", "--json").stdout)["nodes"]
         node = next(n for n in nodes_ if n["name"] == victim)
+        seen[:] = [node]
         return node["role"] in ("replica", "primary") and (
             node["role"] == "primary" or (node["io_running"], node["sql_running"]) == ("Yes",
                                                                                       "Yes"))
-    poll(replicating, 90, f"{victim}'s MariaDB serving its role again")
+    try:
+        poll(replicating, 90, f"{victim}'s MariaDB serving its role again")
+    except BaseException:
+        print(f"last seen: {seen}")  # a CI run failed here once: what the node said
+        raise
