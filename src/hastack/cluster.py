@@ -13,8 +13,8 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from hastack.db import db_nodes
 from hastack.fleet import Fleet
-from hastack.topology import Topology
 
 SEPARATOR = "--hastack-quorum--"
 # One SSH round trip per node; each tool's failure is in its own part of the answer.
@@ -93,10 +93,6 @@ def parse_answer(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """One node's answer to ASK: (Pacemaker's view, Corosync's quorum view)."""
     crm, _, quorum = text.partition(SEPARATOR)
     return parse_crm_mon(crm), parse_quorum(quorum)
-
-
-def db_nodes(topo: Topology) -> list[str]:
-    return [m.name for m in topo.machines if {"db-primary", "db-replica"} & set(m.roles)]
 
 
 def status(fleet: Fleet) -> dict[str, Any]:

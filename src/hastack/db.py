@@ -61,7 +61,7 @@ def _sql(fleet: Fleet, node: str, sql: str, timeout: float = 30) -> str:
     return fleet.run_checked(node, "mariadb -B -N", "mariadb", timeout=timeout, stdin=sql)
 
 
-def _db_nodes(topo: Topology) -> list[str]:
+def db_nodes(topo: Topology) -> list[str]:
     return [m.name for m in topo.machines if {"db-primary", "db-replica"} & set(m.roles)]
 
 
@@ -108,7 +108,7 @@ def node_status(fleet: Fleet, topo: Topology, node: str) -> NodeStatus:
 
 def status(fleet: Fleet) -> list[NodeStatus]:
     topo = fleet.require_topology()
-    return [node_status(fleet, topo, n) for n in _db_nodes(topo)]
+    return [node_status(fleet, topo, n) for n in db_nodes(topo)]
 
 
 def status_dicts(fleet: Fleet) -> list[dict[str, Any]]:

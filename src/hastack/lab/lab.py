@@ -22,7 +22,7 @@ import httpx
 import yaml
 from rich.console import Console
 
-from hastack import deploy, inventory, paths, pki, siteclient, topology, ui, wheelhouse
+from hastack import db, deploy, inventory, paths, pki, siteclient, topology, ui, wheelhouse
 from hastack.errors import HastackError
 from hastack.fleet import Fleet, remote_command
 from hastack.lab import image, network, redfish
@@ -171,7 +171,7 @@ class Lab(Fleet):
 
     def _fenced(self, topo: Topology) -> list[str]:
         """The DB nodes, when they form a failover cluster (which fences)."""
-        nodes = [m.name for m in topo.machines if {"db-primary", "db-replica"} & set(m.roles)]
+        nodes = db.db_nodes(topo)
         return nodes if len(nodes) >= 2 else []
 
     def _ensure_fence_password(self) -> str:
