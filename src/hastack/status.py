@@ -48,6 +48,8 @@ ROLE_UNITS = {
                "hastack-binlog-follow"),
     "quorum": ("corosync-qnetd",),
 }
+# With two or more DB nodes the failover cluster runs MariaDB (mariadb.service stays off).
+CLUSTER_DB_UNITS = ("corosync", "pacemaker", "prometheus-mysqld-exporter")
 EVERY_MACHINE_UNITS = ("prometheus-node-exporter",)
 # The scrape jobs that target each role's machines (prometheus.yml.j2).
 ROLE_JOBS = {
@@ -60,9 +62,18 @@ ROLE_JOBS = {
 }
 
 
+def role_units(topo: Topology, role: str) -> tuple[str, ...]:
+    """The systemd units a machine of `role` runs in this topology."""
+    db_nodes = len(topo.with_role("db-primary")) + len(topo.with_role("db-replica"))
+    if role in ("db-primary", "db-replica") and db_nodes > 1:
+        return CLUSTER_DB_UNITS
+    return ROLE_UNITS.get(role, ())
+
+
 def _units() -> list[str]:
     """Full unit names: a name without a type is a service."""
-    names = {u for units in ROLE_UNITS.values() for u in units} | set(EVERY_MACHINE_UNITS)
+    names = ({u for units in ROLE_UNITS.values() for u in units} | set(EVERY_MACHINE_UNITS)
+             | set(CLUSTER_DB_UNITS))
     return sorted(u if "." in u else f"{u}.service" for u in names)
 
 
@@ -171,7 +182,7 @@ def _machines(topo: Topology, answers: dict[str, Any]) -> dict[str, Any]:
         units = list(EVERY_MACHINE_UNITS)
         jobs = ["node"]
         for role in m.roles:
-            units += [u for u in ROLE_UNITS.get(role, ()) if u not in units]
+            units += [u for u in role_units(topo, role) if u not in units]
             jobs += [j for j in ROLE_JOBS.get(role, ()) if j not in jobs]
         scraped = up.get(m.name, {})
         scrapes = {job: scraped.get(job) for job in jobs}

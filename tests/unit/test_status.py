@@ -45,7 +45,7 @@ def healthy() -> dict:
     for m in TOPO.machines:
         names = {"prometheus-node-exporter"}
         for role in m.roles:
-            names |= set(status.ROLE_UNITS.get(role, ()))
+            names |= set(status.role_units(TOPO, role))
         units += [unit(m.name, n) for n in sorted(names)]
     vip_a, vip_b = "198.18.0.100", "198.18.0.101"
     site = {"job": "blackbox_site", "probe": "site", "domain": "www.foobar.com"}
