@@ -257,7 +257,7 @@ def db_status(as_json: Annotated[bool, typer.Option(
                       "" if n["threads_running"] is None else str(n["threads_running"]))
     out.print(table)
     for line in cluster.summary_lines(engine):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, markup=False, emoji=False)
 
 
 @db_app.command("backup")
@@ -318,16 +318,10 @@ def db_drill(inventory: InventoryOpt = None) -> None:
 
 @db_app.command("switchover")
 def db_switchover(target: Annotated[str, typer.Argument(help="replica to promote, e.g. db2")],
-                  inventory: InventoryOpt = None, secrets_dir: SecretsOpt = None) -> None:
-    """Planned promotion of a replica to primary, losing no acknowledged write.
-
-    The new roles are recorded (the lab's record, or the inventory file: db_primary and
-    db_replica swap) and deployed, as `hastack up` or `hastack deploy -i` would.
-    """
-    timings = db.switchover(_fleet(inventory, secrets_dir), target, out)
-    out.print(f"switchover done: caught up {timings['caught_up_s']:.2f} s, promoted "
-              f"{timings['promoted_s']:.2f} s, replicas repointed {timings['repointed_s']:.2f} s, "
-              f"configs redeployed {timings['redeployed_s']:.1f} s after writes stopped")
+                  inventory: InventoryOpt = None) -> None:
+    """Planned promotion of a replica to primary, through the cluster, losing no acknowledged
+    write. Nothing is recorded: the inventory's db_primary names only the first primary."""
+    db.switchover(_fleet(inventory), target, out)
 
 
 @app.command()

@@ -7,7 +7,6 @@ socket), so no database port is opened to the host.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,8 +15,6 @@ from rich.console import Console
 from hastack.errors import HastackError
 from hastack.fleet import Fleet
 from hastack.topology import Topology
-
-ROLE_FILE = "/etc/mysql/mariadb.conf.d/61-hastack-role.cnf"  # the database role's own file
 
 
 def _global_status(name: str) -> str:
@@ -115,22 +112,17 @@ def status_dicts(fleet: Fleet) -> list[dict[str, Any]]:
     return [asdict(s) for s in status(fleet)]
 
 
-def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: float = 30.0
+def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.0
                ) -> dict[str, float]:
-    """Planned promotion of a replica, losing no acknowledged write.
+    """Planned promotion of a replica, through the cluster engine, losing no acknowledged write.
 
-    1. checks: target replicates from the primary, threads running;
-    2. stop writes: the primary becomes read_only (the site retries refused writes) and its
-       role file says replica;
-    3. wait until the target has applied the primary's last GTID (MASTER_GTID_WAIT), then
-       it stops replicating;
-    4. side by side: the old primary and every other replica are repointed at it (GTID,
-       slave_pos), while it waits (up to 1 s) until one of them acknowledges as a semi-sync
-       replica (its first commits then need no semi-sync timeout, which held writes 1 s
-       longer and went async for a moment), then becomes writable;
-    5. its role file says primary;
-    6. record the new roles (the lab's record, or the inventory file) and redeploy so
-       configs agree (not in the outage); a fleet that could not record them refuses at 1.
+    The target gets the highest promotion score and the others lose theirs; Pacemaker then
+    demotes the primary (the agent makes it read-only and ends its sessions), every replica
+    (the target first of all) applies all it has before it stops replicating from it (the
+    agent's client, ansible/roles/cluster), the target is promoted and the others follow it.
+    The target keeps its score, so the cluster does not elect another node afterwards (the
+    agent's own "move" would: notes on ocf:heartbeat:mariadb). Nothing is recorded: the
+    inventory's db_primary names only the first primary.
     """
     nodes = {s.name: s for s in status(fleet)}
     if target not in nodes:
@@ -148,121 +140,46 @@ def switchover(fleet: Fleet, target: str, console: Console, catch_up_timeout: fl
     if new.io_running != "Yes" or new.sql_running != "Yes":
         raise HastackError(f"{target}'s replication is not running (IO {new.io_running}, "
                            f"SQL {new.sql_running}); fix it before a switchover")
-    fleet.check_set_primary(target)
-    repl_user, repl_password = _replication_credentials(fleet)
     timings: dict[str, float] = {}
     started = time.monotonic()
-
-    console.print(f"switchover {old.name} -> {target}: stopping writes on {old.name}")
-    # Writes are held from here until the target is writable: three SSH round trips in a
-    # row (each one script), the last two steps side by side. Only the primary waits for
-    # semi-sync acknowledgements (a replica doing so would stall its own SQL thread): that
-    # role moves with it.
-    out = fleet.run_checked(old.name, "sh -s", f"stopping writes on {old.name}",
-                            stdin=STOP_WRITES_SCRIPT.format(role=_role_file(primary=False)))
-    semi, final = [line.strip() for line in out.splitlines()[:2]]
-    semi_sync = semi == "1"
-    waited = fleet.run_checked(
-        target, "sh -s", f"catching up on {target}", timeout=catch_up_timeout + 15,
-        stdin=CATCH_UP_SCRIPT.format(gtid=final, timeout=catch_up_timeout,
-                                     semi="ON" if semi_sync else "OFF")).strip()
-    if waited != "0":
-        _sql(fleet, old.name, "SET GLOBAL read_only=OFF")
-        _persist_role(fleet, old.name, primary=True, semi_sync=semi_sync)
-        raise HastackError(f"{target} did not reach {old.name}'s position {final} within "
-                           f"{catch_up_timeout:.0f} s; writes re-enabled on {old.name}, "
-                           "nothing changed")
-    timings["caught_up_s"] = time.monotonic() - started
-    change = (f"CHANGE MASTER TO MASTER_HOST='{new.address}', MASTER_PORT=3306, "
-              f"MASTER_USER='{repl_user}', MASTER_PASSWORD='{repl_password}', "
-              "MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1")
-    repoint = {old.name: "SET GLOBAL rpl_semi_sync_master_enabled=OFF; "
-                         f"SET GLOBAL gtid_slave_pos=@@gtid_binlog_pos; {change}; START SLAVE"}
-    for other in nodes.values():
-        if other.name not in (old.name, target) and other.role == "replica":
-            repoint[other.name] = f"STOP SLAVE; {change}; START SLAVE"
-
-    def repoint_all() -> float:
-        with ThreadPoolExecutor(len(repoint)) as pool:
-            for done in [pool.submit(_sql, fleet, n, sql) for n, sql in repoint.items()]:
-                done.result()
-        return time.monotonic() - started
-
-    # The target waits (up to 1 s) for a repointed replica to acknowledge it as a semi-sync
-    # replica before it takes writes, so its first commits need no semi-sync timeout.
-    with ThreadPoolExecutor(2) as pool:
-        repointed = pool.submit(repoint_all)
-        promoted = pool.submit(_promote_once_acknowledged, fleet, target)
-        promoted.result()
-        timings["promoted_s"] = time.monotonic() - started
-        timings["repointed_s"] = repointed.result()
-    _persist_role(fleet, target, primary=True, semi_sync=semi_sync)
-    console.print(f"{target} is the primary (writable {timings['promoted_s']:.2f} s after "
-                  f"writes stopped, at GTID {final}); replicas follow it; recording the new "
-                  "roles and redeploying")
-
-    fleet.set_primary(target, console)
-    timings["redeployed_s"] = time.monotonic() - started
+    console.print(f"switchover {old.name} -> {target}: through the cluster (promotion score)")
+    others = " ".join(n for n in nodes if n != target)
+    fleet.run_checked(target, "sh -s", f"setting {target}'s promotion score",
+                      stdin=PROMOTION_SCORE_SCRIPT.format(resource=CLUSTER_RESOURCE,
+                                                          target=target, others=others))
+    deadline = started + timeout
+    while True:
+        st = node_status(fleet, fleet.require_topology(), target)
+        if st.role == "primary":
+            break
+        if time.monotonic() > deadline:
+            raise HastackError(f"{target} was not promoted within {timeout:.0f} s; see "
+                               "`hastack db status` (the cluster's view) and the node's "
+                               "pacemaker log")
+        time.sleep(0.1)
+    timings["promoted_s"] = time.monotonic() - started
+    while True:
+        st = node_status(fleet, fleet.require_topology(), old.name)
+        if st.replicating_from == new.address and st.io_running == "Yes":
+            break
+        if time.monotonic() > deadline:
+            raise HastackError(f"{target} is the primary, but {old.name} does not replicate "
+                               f"from it after {timeout:.0f} s; see `hastack db status`")
+        time.sleep(0.2)
+    timings["old_primary_follows_s"] = time.monotonic() - started
+    console.print(f"{target} is the primary (writable {timings['promoted_s']:.2f} s after the "
+                  f"request); {old.name} replicates from it "
+                  f"({timings['old_primary_follows_s']:.2f} s)")
     return timings
 
 
-# On the old primary (one SSH round trip): no more writes, its last GTID, and its role file
-# says replica (a reboot from here on must not make it writable). Prints whether it waited
-# for semi-sync acknowledgements, then the GTID.
-STOP_WRITES_SCRIPT = """set -e
-mariadb -B -N -e 'SELECT @@rpl_semi_sync_master_enabled; SET GLOBAL read_only=ON;
-  FLUSH TABLES; SELECT @@gtid_binlog_pos'
-cat > ROLE_FILE <<'HASTACK_ROLE'
-{role}HASTACK_ROLE
-""".replace("ROLE_FILE", ROLE_FILE)
+CLUSTER_RESOURCE = "db"  # the cluster role's cluster_db_resource
 
-# On the target (one SSH round trip): wait until it has applied the old primary's last GTID;
-# only then stop replicating and take the primary's semi-sync role. Prints MASTER_GTID_WAIT's
-# answer (0: caught up; -1: timed out, and nothing was changed).
-CATCH_UP_SCRIPT = """set -e
-waited=$(mariadb -B -N -e "SELECT MASTER_GTID_WAIT('{gtid}', {timeout})")
-echo "$waited"
-[ "$waited" = 0 ] || exit 0
-mariadb -e 'STOP SLAVE; RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled={semi}'
-"""
-
-
-# On the target itself (one SSH round trip): until a replica acknowledges it as a semi-sync
-# replica (if semi-sync is on; at most 1 s by the clock: a CI run counted 40 tries as 5.7 s
-# while writes were held), then writable.
-PROMOTE_SCRIPT = """
-end=$(( $(date +%s%N) / 1000000 + 1000 ))
-while [ $(( $(date +%s%N) / 1000000 )) -lt $end ]; do
-  set -- $(mariadb -B -N -e "SELECT @@rpl_semi_sync_master_enabled, (SELECT VARIABLE_VALUE \\
-    FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='RPL_SEMI_SYNC_MASTER_CLIENTS')")
-  [ "$1" != 1 ] || [ "$2" -gt 0 ] && break
-  sleep 0.05
+# On any node (one SSH round trip): the target's promotion score above any the agent sets
+# (100), then the others' removed, so Pacemaker moves the promoted role there and keeps it.
+PROMOTION_SCORE_SCRIPT = """set -e
+crm_attribute --promotion={resource} --node {target} --lifetime reboot --update 1000
+for node in {others}; do
+  crm_attribute --promotion={resource} --node "$node" --lifetime reboot --delete
 done
-mariadb -e 'SET GLOBAL read_only=OFF'
 """
-
-
-def _promote_once_acknowledged(fleet: Fleet, node: str) -> None:
-    fleet.run_checked(node, "sh -s", f"promoting {node}", stdin=PROMOTE_SCRIPT)
-
-
-def _role_file(primary: bool, semi_sync: bool = False) -> str:
-    """The node's role file, as the database role writes it."""
-    return (f"# managed by hastack: {'primary' if primary else 'replica'}\n[mariadbd]\n"
-            f"read_only = {'OFF' if primary else 'ON'}\n"
-            f"rpl_semi_sync_master_enabled = {'ON' if primary and semi_sync else 'OFF'}\n")
-
-
-def _persist_role(fleet: Fleet, node: str, primary: bool, semi_sync: bool = False) -> None:
-    """Write the node's role where MariaDB reads it at start, as the deploy would."""
-    fleet.run_checked(node, f"cat > {ROLE_FILE}", f"writing {ROLE_FILE}",
-                      stdin=_role_file(primary, semi_sync))
-
-
-def _replication_credentials(fleet: Fleet) -> tuple[str, str]:
-    secret = fleet.secrets / "db_repl"
-    if not secret.exists():
-        raise HastackError(f"{secret} is missing; was this environment deployed "
-                           "(or is --secrets-dir needed)?")
-    # the password lookup stores "password salt=..." on one line
-    return "repl", secret.read_text().split()[0]

@@ -12,7 +12,6 @@ string; `run_on` only executes what it built.
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -61,16 +60,6 @@ class Fleet(ABC):
     @abstractmethod
     def ssh_argv(self, machine: str, command: Command | None = None) -> list[str]:
         """ssh to a machine, running `command` (see remote_command) or a login shell."""
-
-    @abstractmethod
-    def set_primary(self, name: str, console: Console) -> None:
-        """Record that `name` is now the database primary and redeploy, so every config
-        (site, replicas, monitoring) agrees with the servers."""
-
-    def check_set_primary(self, name: str) -> None:
-        """Refuse now, before a switchover changes anything, if set_primary could not
-        record `name` afterwards. Any fleet that writes its own record can."""
-        return None
 
     @abstractmethod
     def machine_state(self, name: str, monitoring: dict[str, Any]) -> str:
@@ -224,29 +213,3 @@ class InventoryFleet(Fleet):
                                f"{self.inventory.resolve().parent / 'secrets'} (or 'hastack up')")
         return deploy.run(self.inventory, self.secrets, console,
                           extra_vars=self.deploy_vars, limit=limit)
-
-    def _with_primary(self, name: str) -> dict[str, Any]:
-        if self.inventory.suffix not in (".yml", ".yaml"):
-            raise HastackError(f"{self.inventory}: hastack records a new primary only in a "
-                               f"YAML inventory; move {name} to db_primary in yours and run "
-                               "'hastack deploy -i' after the switchover")
-        try:
-            return inventory.with_primary(yaml.safe_load(self.inventory.read_text()), name)
-        except HastackError as exc:
-            raise HastackError(f"{self.inventory}: {exc}") from None
-
-    def check_set_primary(self, name: str) -> None:
-        self._with_primary(name)
-
-    def set_primary(self, name: str, console: Console) -> None:
-        """Move `name` to db_primary in the inventory file itself (it is the record of roles,
-        as lab.json is the lab's; comments are not kept, the old file stays beside it), then
-        deploy it."""
-        data = self._with_primary(name)
-        backup = self.inventory.with_name(self.inventory.name + ".before-switchover")
-        shutil.copy2(self.inventory, backup)
-        self.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
-        console.print(f"{self.inventory}: {name} is in db_primary now (previous file: "
-                      f"{backup})")
-        self._listing = None
-        self.deploy(console)

@@ -6,7 +6,6 @@ variables (see docs/real-servers.md), and the same playbook deploys both.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -129,20 +128,3 @@ def check_file(path: Path) -> None:
     if len(set(vrids)) != len(vips) or None in vrids:
         raise HastackError(f"{path}: all.vars.hastack_vips: each VIP needs its own vrid")
 
-
-def with_primary(data: dict[str, Any], target: str) -> dict[str, Any]:
-    """A YAML inventory with `target` moved from db_replica to db_primary and the primary to
-    db_replica (what a switchover changes); each host keeps its entry's variables."""
-    data = copy.deepcopy(data)
-    children = (data.get("all") or {}).get("children") or {}
-    primary = (children.get("db_primary") or {}).get("hosts") or {}
-    replicas = (children.get("db_replica") or {}).get("hosts") or {}
-    if len(primary) != 1 or target not in replicas:
-        raise HastackError(f"cannot record {target} as the primary: the inventory's "
-                           "all.children.db_primary must list one host and "
-                           f"all.children.db_replica must list {target}")
-    new_replicas = {name: v for name, v in replicas.items() if name != target}
-    new_replicas.update(primary)
-    children["db_primary"]["hosts"] = {target: replicas[target]}
-    children["db_replica"]["hosts"] = new_replicas
-    return data

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -137,20 +137,6 @@ class Topology:
                 return m
         known = ", ".join(m.name for m in self.machines)
         raise HastackError(f"no machine named '{name}' in the topology; known: {known}")
-
-    def with_primary(self, name: str) -> Topology:
-        """The same topology with `name` (a replica) as the database primary and the old
-        primary as a replica: what a switchover changes."""
-        target = self.machine(name)
-        if "db-replica" not in target.roles:
-            raise HastackError(f"{name} is not a database replica")
-        swap = {"db-primary": "db-replica", "db-replica": "db-primary"}
-        machines = []
-        for m in self.machines:
-            if m.name == name or "db-primary" in m.roles:
-                m = replace(m, roles=tuple(swap.get(r, r) for r in m.roles))
-            machines.append(m)
-        return replace(self, machines=tuple(machines))
 
     def to_dict(self) -> dict[str, Any]:
         """The topology in the file format (explicit machines), so parse() reads it back."""

@@ -117,9 +117,6 @@ class RecordingFleet(Fleet):
     def ssh_argv(self, machine, command=None):  # pragma: no cover - not used here
         raise NotImplementedError
 
-    def set_primary(self, name, console):  # pragma: no cover - not used here
-        raise NotImplementedError
-
     def machine_state(self, name, monitoring):  # pragma: no cover - not used here
         raise NotImplementedError
 

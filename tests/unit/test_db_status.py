@@ -31,9 +31,6 @@ class AnsweringFleet(Fleet):
     def ssh_argv(self, machine, command=None):  # pragma: no cover - not used here
         raise NotImplementedError
 
-    def set_primary(self, name, console):  # pragma: no cover - not used here
-        raise NotImplementedError
-
     def machine_state(self, name, monitoring):  # pragma: no cover - not used here
         raise NotImplementedError
 
@@ -73,40 +70,22 @@ def test_a_primary_without_replicas_has_semi_sync_disabled():
     assert IPv4Address(nodes["db1"].address)
 
 
-# ---- the switchover's scripts (each one SSH round trip while writes are held) --------------
+# ---- the switchover's request to the cluster (one SSH round trip) ------------------------
 
-def _run_script(tmp_path, script: str, answer: str) -> tuple[list[str], str]:
-    """Run a switchover script with a stand-in `mariadb` that answers `answer` and records
-    each call (the SQL is the one thing the script decides)."""
+def test_the_switchover_raises_the_targets_promotion_score_before_removing_the_others(tmp_path):
+    """The target's score first: with none set anywhere for a moment, the replicas' monitors
+    would elect a node by GTID (notes on ocf:heartbeat:mariadb)."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
+    bin_dir.mkdir()
     log = tmp_path / "calls"
-    fake = bin_dir / "mariadb"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\necho "{answer}"\n')
+    fake = bin_dir / "crm_attribute"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     fake.chmod(0o755)
-    out = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
-                         env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True).stdout
-    return log.read_text().splitlines(), out
-
-
-def test_catching_up_changes_nothing_unless_the_target_reached_the_gtid(tmp_path):
-    script = db.CATCH_UP_SCRIPT.format(gtid="0-41-77", timeout=30, semi="ON")
-    calls, out = _run_script(tmp_path, script, "-1")
-    assert out.strip() == "-1"
-    assert calls == ["-B -N -e SELECT MASTER_GTID_WAIT('0-41-77', 30)"]
-
-
-def test_caught_up_the_target_stops_replicating_and_takes_the_semi_sync_role(tmp_path):
-    script = db.CATCH_UP_SCRIPT.format(gtid="0-41-77", timeout=30, semi="ON")
-    calls, out = _run_script(tmp_path, script, "0")
-    assert out.splitlines()[0] == "0"
-    assert calls[1] == ("-e STOP SLAVE; RESET SLAVE ALL; "
-                        "SET GLOBAL rpl_semi_sync_master_enabled=ON")
-
-
-def test_stopping_writes_also_writes_the_replica_role_file():
-    script = db.STOP_WRITES_SCRIPT.format(role=db._role_file(primary=False))
-    assert "SET GLOBAL read_only=ON" in script and "SELECT @@gtid_binlog_pos" in script
-    assert (f"cat > {db.ROLE_FILE} <<'HASTACK_ROLE'\n# managed by hastack: replica\n"
-            "[mariadbd]\nread_only = ON\nrpl_semi_sync_master_enabled = OFF\nHASTACK_ROLE\n"
-            in script)
+    script = db.PROMOTION_SCORE_SCRIPT.format(resource="db", target="db2", others="db1 db3")
+    subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
+                   env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True)
+    assert log.read_text().splitlines() == [
+        "--promotion=db --node db2 --lifetime reboot --update 1000",
+        "--promotion=db --node db1 --lifetime reboot --delete",
+        "--promotion=db --node db3 --lifetime reboot --delete",
+    ]

@@ -118,13 +118,6 @@ def test_ca_cert_is_reported_once_it_exists(servers: Path, tmp_path: Path):
     assert f.status()["site"]["ca_cert"] == str(tmp_path / "secrets" / "ca" / "ca.crt")
 
 
-def test_switchover_is_refused_up_front_when_roles_cannot_be_recorded(tmp_path: Path):
-    ini = tmp_path / "hosts.ini"
-    ini.write_text("[web]\nweb1\n")
-    with pytest.raises(HastackError, match="records a new primary only in a YAML inventory"):
-        InventoryFleet(ini).check_set_primary("db2")
-
-
 def test_the_lab_and_an_inventory_are_both_fleets():
     from hastack.lab.lab import Lab
     assert issubclass(Lab, fleet.Fleet) and issubclass(InventoryFleet, fleet.Fleet)

@@ -3,7 +3,6 @@ inventory reaches hastack in (the YAML inventory.build() writes, ansible-invento
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -221,14 +220,3 @@ def test_group_vars_are_resolved_by_ansible_inventory(tmp_path: Path):
         expected.machines, key=lambda m: m.name)
     assert dataclasses.replace(resolved, machines=expected.machines) == expected
 
-
-def test_with_primary_swaps_the_database_groups():
-    data = _example()
-    data["all"]["children"]["db_replica"]["hosts"] = {"db2": {"x": 1}, "db3": {}}
-    before = copy.deepcopy(data)
-    moved = inventory.with_primary(data, "db2")
-    assert data == before  # the input is left alone
-    assert moved["all"]["children"]["db_primary"]["hosts"] == {"db2": {"x": 1}}
-    assert moved["all"]["children"]["db_replica"]["hosts"] == {"db3": {}, "db1": {}}
-    with pytest.raises(HastackError, match="all.children.db_replica must list web1"):
-        inventory.with_primary(data, "web1")

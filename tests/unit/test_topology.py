@@ -184,17 +184,6 @@ def test_validation_errors(data, message):
     assert "\n" not in str(err.value)
 
 
-def test_with_primary_swaps_database_roles_only():
-    t = topology.parse({"counts": {"replicas": 2}})
-    s = t.with_primary("db2")
-    assert s.machine("db2").roles == ("db-primary",)
-    assert s.machine("db1").roles == ("db-replica",)
-    assert s.machine("db3").roles == ("db-replica",)
-    assert [m.addresses for m in s.machines] == [m.addresses for m in t.machines]
-    with pytest.raises(HastackError, match="web1 is not a database replica"):
-        t.with_primary("web1")
-
-
 @pytest.mark.parametrize("name", ["small.toml", "bigger.toml"])
 def test_examples_are_valid(name):
     t = topology.load(Path(__file__).resolve().parents[2] / "examples" / name)

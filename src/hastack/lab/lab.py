@@ -103,7 +103,6 @@ class Lab(Fleet):
         self.dir.chmod(0o700)
 
         if previous is not None:
-            topo = _keep_current_primary(previous, topo, console)
             self._retire_changed(previous, topo, console)
         # Record intent first: whatever happens next, down/up know what may exist.
         self._record(topo)
@@ -151,14 +150,6 @@ class Lab(Fleet):
                 LabMachine(m, previous, self.dir).destroy()
         if (previous.public_net, previous.private_net) != (topo.public_net, topo.private_net):
             network.remove_links()
-
-    def set_primary(self, name: str, console: Console) -> None:
-        """Record that `name` is now the database primary (after a switchover) and redeploy,
-        so every config (site, replicas, monitoring) agrees with the servers."""
-        topo = self.require_topology().with_primary(name)
-        self._record(topo)
-        self._write_inventory(topo)
-        self._deploy(console)
 
     def _record(self, topo: Topology) -> None:
         self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
@@ -331,20 +322,6 @@ class Lab(Fleet):
         if self.topology() is None:
             return {"site": None, "machines": [], "lab": "down"}
         return {**super().status(monitoring), "lab": "up"}
-
-
-def _keep_current_primary(previous: Topology, topo: Topology, console: Console) -> Topology:
-    """After a switchover the lab's primary is not the one a topology file names: keep the
-    running primary (redeploying the old roles would make two writable nodes)."""
-    current = [m.name for m in previous.with_role("db-primary")]
-    wanted = [m.name for m in topo.with_role("db-primary")]
-    if current and wanted and current != wanted:
-        names = {m.name for m in topo.with_role("db-replica")}
-        if current[0] in names:
-            console.print(f"keeping {current[0]} as the database primary (since a switchover); "
-                          f"'hastack db switchover {wanted[0]}' moves it back")
-            return topo.with_primary(current[0])
-    return topo
 
 
 def _ssh_banner(address: str) -> bool:
