@@ -14,6 +14,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -159,6 +160,9 @@ class LabMachine:
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=join_cgroups)
         self.pidfile.write_text(str(proc.pid))
+        # A long-lived starter (the lab's fence device) reaps nspawn as soon as it exits: a
+        # zombie counts as not gone yet, and the next power-off waited 5 s for it.
+        threading.Thread(target=proc.wait, daemon=True).start()
         try:
             if has_public:
                 network.attach(host_veth(self.name, 0), network.PUBLIC_BRIDGE)
