@@ -158,3 +158,26 @@ def test_cli_reports_unreachable_primary(monkeypatch, capsys, lab):
         monkeypatch.setenv(name, value)
     assert main([]) == 1
     assert "cannot reach primary" in capsys.readouterr().err
+
+
+def test_cli_finds_the_primary_a_failover_made(monkeypatch, capsys, lab):
+    """The configuration names the first primary; after a failover that node is read-only
+    and another one is writable: migrations run there (not refused on the old one)."""
+    reset_scratch_db(lab)
+    for name, value in migrator_env(lab, FOOBAR_DB_NAME=SCRATCH_DB,
+                                    FOOBAR_DB_PRIMARY=lab.replica.address,
+                                    FOOBAR_DB_REPLICAS=lab.primary.address).items():
+        monkeypatch.setenv(name, value)
+    assert main([]) == 0
+    assert f"applied {LATEST}" in capsys.readouterr().out
+
+
+def test_cli_reports_no_writable_node(monkeypatch, capsys, lab):
+    # the site's own user: it exists on the replica too (the migrations user only where the
+    # deploy created it)
+    for name, value in lab.env(FOOBAR_DB_PRIMARY=lab.replica.address,
+                               FOOBAR_DB_REPLICAS="127.0.0.1:1").items():
+        monkeypatch.setenv(name, value)
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert "read-only" in err and "127.0.0.1:1 unreachable" in err

@@ -134,17 +134,38 @@ def _connect(primary: NodeAddress, settings: ConnectSettings):
     return connect(primary, patient)
 
 
+def _connect_writable(nodes: Sequence[NodeAddress], settings: ConnectSettings):
+    """The node that is the primary now (read_only off), the configured one asked first: a
+    failover cluster promotes another node, and the configuration names the first primary."""
+    seen = []
+    for node in nodes:
+        try:
+            conn = _connect(node, settings)
+        except NodeUnavailable as exc:
+            seen.append(f"{node.name} unreachable ({exc})")
+            continue
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT @@global.read_only AS ro")
+            read_only = cursor.fetchone()["ro"]
+        if not read_only:
+            return conn
+        conn.close()
+        seen.append(f"{node.name} read-only")
+    raise NodeUnavailable(", ".join(seen), RuntimeError("no writable node"), not_applied=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="foobar-migrate",
-        description="Apply foobar's schema migrations to the primary named by FOOBAR_DB_PRIMARY.",
+        description="Apply foobar's schema migrations to the primary (the writable node of "
+        "FOOBAR_DB_PRIMARY and FOOBAR_DB_REPLICAS, the configured primary asked first).",
     )
     parser.add_argument("--status", action="store_true", help="list migrations, change nothing")
     parser.add_argument("--lock-timeout", type=int, default=60, metavar="SECONDS")
     args = parser.parse_args(argv)
     try:
         db = database_from_env()
-        conn = _connect(db.primary, db.connect_settings())
+        conn = _connect_writable((db.primary, *db.replicas), db.connect_settings())
     except ConfigError as exc:
         print(f"foobar-migrate: {exc}", file=sys.stderr)
         return 2

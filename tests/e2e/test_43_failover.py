@@ -1,0 +1,112 @@
+"""Automatic failover of the database primary by the cluster (Pacemaker + ocf:heartbeat:mariadb,
+fencing through the lab's Redfish device), under steady writes through the site, each
+acknowledged by its id (hastack.chaos.dbfailover).
+
+For each fault on the primary of the moment: a replica is promoted by itself, writes resume,
+every acknowledged write is on every node (tables equal: CHECKSUM TABLE), no other node took
+writes, and the old primary replicates from the new one without a hand on it. Then: a replica
+killed under heavy writes loses nothing and the primary's semi-sync state says so, and a
+redeploy from the original (now stale) inventory changes no role and loses no row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from hastack.chaos import dbfailover
+from hastack.lab.lab import Lab as HostLab
+
+from .conftest import load, more, poll, run
+
+
+@pytest.fixture(scope="module")
+def fleet(lab) -> HostLab:
+    names = lab.names("db-primary") + lab.names("db-replica")
+    if len(names) < 2:
+        pytest.skip("this topology has a single database node: nothing to fail over to")
+    return HostLab()
+
+
+def db_status() -> dict:
+    return json.loads(run("db", "status", "--json").stdout)
+
+
+@pytest.mark.parametrize("fault", dbfailover.FAULTS)
+def test_a_failed_primary_is_replaced_and_no_acknowledged_write_is_lost(lab, fleet, fault):
+    outcome = dbfailover.run(fleet, fault, log=print)
+    print(json.dumps(outcome.summary()))
+    assert outcome.new_primary, f"no replica was promoted after {fault}"
+    assert outcome.new_primary != outcome.old_primary
+    assert outcome.acked
+    assert outcome.write_outage_s is not None, "no write was acknowledged after the fault"
+    assert outcome.split_brain == []
+    assert outcome.rejoined_s is not None, (
+        f"{outcome.old_primary} did not come back as a replica of {outcome.new_primary}")
+    # every acknowledged write on every node, and the nodes' tables equal
+    assert all(not lost for lost in outcome.missing.values()), outcome.missing
+    assert len(outcome.checksums) == len(lab.names("db-primary") + lab.names("db-replica"))
+    assert len(set(outcome.checksums.values())) == 1, outcome.checksums
+
+
+def test_a_replica_killed_under_heavy_writes_loses_nothing_and_semi_sync_says_so(lab, fleet):
+    nodes = {n["name"]: n for n in db_status()["nodes"]}
+    primary = next(n for n, s in nodes.items() if s["role"] == "primary")
+    replica = next(n for n, s in nodes.items() if s["role"] == "replica")
+    with load(lab, lab.vips[0], "/messages", header="location", rate=60, timeout=15.0,
+              method="POST", json_body={"author": "replica-kill", "body": "heavy"},
+              idempotency_keys=True) as bg:
+        more(bg, 60, "writes before the kill")
+        lab.ssh(replica, f"{dbfailover.KILL_MARIADBD}")
+        more(bg, 120, "writes after the kill")
+    acked = sorted(int(s.header.rsplit("/", 1)[1]) for s in bg.result.samples
+                   if s.status == 201 and s.header)
+    assert acked
+    ids = ",".join(map(str, acked))
+    count = fleet.run_checked(primary, "mariadb -B -N", "counting", stdin=(
+        f"SELECT COUNT(*) FROM {dbfailover.TABLE} WHERE id IN ({ids})")).strip()
+    assert int(count) == len(acked)
+    # the cluster restarts the replica (after its failure timeout) and it catches up
+    poll(lambda: (s := {n["name"]: n for n in db_status()["nodes"]}[replica])["role"]
+         == "replica" and s["io_running"] == "Yes" and s["sql_running"] == "Yes", 180,
+         f"{replica} replicating again")
+    poll(lambda: int(fleet.run_checked(replica, "mariadb -B -N", "counting", stdin=(
+        f"SELECT COUNT(*) FROM {dbfailover.TABLE} WHERE id IN ({ids})")).strip())
+        == len(acked), 60, f"every acknowledged write on {replica}")
+    # semi-sync: while no replica acknowledged the primary said "off" (async, alerted); now
+    # that one does again it is back "on" and reported as such
+    poll(lambda: (p := {n["name"]: n for n in db_status()["nodes"]}[primary])["semi_sync"]
+         == "on" and p["semi_sync_replicas"] >= 1, 60, "semi-sync on again on the primary")
+
+
+def test_a_redeploy_from_the_original_inventory_changes_no_role_and_loses_nothing(lab, fleet):
+    """The inventory names the first primary only: after a promotion, a deploy from it must
+    not make that node writable again, reseed or repoint anything."""
+    nodes = {n["name"]: n for n in db_status()["nodes"]}
+    first = lab.names("db-primary")[0]
+    primary = next(n for n, s in nodes.items() if s["role"] == "primary")
+    if primary == first:  # make the inventory stale: promote another node through the engine
+        target = next(n for n, s in nodes.items() if s["role"] == "replica")
+        run("db", "switchover", target)
+        primary = target
+    with lab.client(lab.vips[0]) as c:
+        r = c.post("/messages", json={"author": "stale", "body": f"before {time.time()}"})
+        assert r.status_code == 201, r.text
+        row = r.json()["id"]
+    gtid = fleet.run_checked(primary, "mariadb -B -N -e 'SELECT @@gtid_binlog_pos'",
+                             "gtid").strip()
+    run("up", "--force-deploy")  # the lab's inventory still says db_primary: first
+    after = {n["name"]: n for n in db_status()["nodes"]}
+    assert [n for n, s in after.items() if s["role"] == "primary"] == [primary]
+    assert after[first]["role"] == "replica"
+    for name in after:
+        # a replica waits for the primary's position first (MASTER_GTID_WAIT follows what a
+        # node applied as a replica: on the primary itself it would never return 0)
+        wait = "" if name == primary else f"SELECT MASTER_GTID_WAIT('{gtid}', 30) = 0; "
+        assert fleet.run_checked(name, "mariadb -B -N", "row", stdin=(
+            f"{wait}SELECT COUNT(*) FROM {dbfailover.TABLE} WHERE id={row}")).split() == (
+            ["1"] if name == primary else ["1", "1"])
+    # back to the first primary, so the lab ends as it began
+    run("db", "switchover", first)
