@@ -116,7 +116,7 @@ def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.
                ) -> dict[str, float]:
     """Planned promotion of a replica, through the cluster engine, losing no acknowledged write.
 
-    The target gets the highest promotion score and the others lose theirs; Pacemaker then
+    The target gets the highest promotion score; Pacemaker then
     demotes the primary (the agent makes it read-only and ends its sessions), every replica
     (the target first of all) applies all it has before it stops replicating from it (the
     agent's client, ansible/roles/cluster), the target is promoted and the others follow it.
@@ -175,11 +175,17 @@ def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.
 
 CLUSTER_RESOURCE = "db"  # the cluster role's cluster_db_resource
 
-# On any node (one SSH round trip): the target's promotion score above any the agent sets
-# (100), then the others' removed, so Pacemaker moves the promoted role there and keeps it.
+# On any node (one SSH round trip): the target's promotion score one above the highest any
+# node has (the agent's election gives 100; an earlier switchover's target may hold more), in
+# one change of the CIB: Pacemaker moves the promoted role there in one transition (a second
+# change, e.g. removing the others' scores, aborted it and cost 3 s) and keeps it there; the
+# demoted node's score goes with its demotion (the agent removes it).
 PROMOTION_SCORE_SCRIPT = """set -e
-crm_attribute --promotion={resource} --node {target} --lifetime reboot --update 1000
+top=100
 for node in {others}; do
-  crm_attribute --promotion={resource} --node "$node" --lifetime reboot --delete
+  score=$(crm_attribute --promotion={resource} --node "$node" --lifetime reboot --query \
+          --quiet 2>/dev/null || true)
+  case "$score" in ''|*[!0-9]*) ;; *) [ "$score" -le "$top" ] || top=$score ;; esac
 done
+crm_attribute --promotion={resource} --node {target} --lifetime reboot --update $((top + 1))
 """

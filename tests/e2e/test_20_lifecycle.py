@@ -26,7 +26,7 @@ def test_status_json_follows_the_contract(lab):
 
 def test_ssh_runs_a_command_on_the_machine(lab):
     assert lab.ssh("web2", "hostname").strip() == "web2"
-    assert "active" in lab.ssh("db1", "systemctl is-active mariadb")
+    assert "active" in lab.ssh("db1", "systemctl is-active pacemaker")
 
 
 def test_second_up_changes_nothing(lab):

@@ -37,6 +37,19 @@ def write(client, body: str) -> int:
     return r.json()["id"]
 
 
+def crash_and_keep_down(lab, node: str) -> None:
+    """SIGKILL a node's mariadbd, then keep the cluster from starting it again (standby)."""
+    lab.ssh(node, "kill -KILL $(cat /run/mysqld/mysqld.pid); "
+                  f"crm_attribute --node {node} --name standby --update on")
+
+
+def revive(lab, node: str) -> None:
+    """Let the cluster run the node's MariaDB again (its failure forgotten): it rejoins as a
+    replica of the primary of the moment."""
+    lab.ssh(node, f"crm_attribute --node {node} --name standby --delete; "
+                  f"crm_resource --cleanup --resource db-clone --node {node}")
+
+
 def com_select(lab, node: str) -> int:
     return int(sql(lab, node, "SHOW GLOBAL STATUS LIKE 'Com_select'").split()[1])
 
@@ -121,12 +134,12 @@ def test_replica_down_reads_fail_nothing(lab):
     try:
         with load(lab, lab.vips[1], "/api/messages", header="x-db-role", rate=50,
                   timeout=3.0) as bg:
-            lab.ssh(r, "systemctl kill --signal=KILL mariadb; systemctl stop mariadb")
+            crash_and_keep_down(lab, r)
             stopped_at = time.monotonic()
             poll(lambda: len([s for s in bg.live if s.start > stopped_at + 2]) > 50, 15,
                  "reads after the replica died")
     finally:
-        lab.ssh(r, "systemctl start mariadb")
+        revive(lab, r)
     result = bg.result
     assert result.failed == 0, [s for s in result.samples if s.failed][:5]
     late = [s.header for s in result.samples if s.start > stopped_at + 2]
@@ -160,23 +173,24 @@ def test_a_replica_killed_under_writes_loses_nothing_and_the_async_fallback_is_r
                   method="POST", json_body={"author": "semi", "body": "sync"},
                   idempotency_keys=True) as bg:
             more(bg, 20, "writes before the replica dies")
-            lab.ssh(r, "systemctl kill --signal=KILL mariadb; systemctl stop mariadb")
+            crash_and_keep_down(lab, r)
             killed = time.monotonic()
             poll(lambda: db_nodes(lab)[p]["semi_sync"] == "off", 15,
                  "the primary reporting that it went on without a replica")
             poll(lambda: _prometheus_value(lab, semi) == 0, 30,
                  "monitoring seeing semi-sync off (the SemiSyncOff alert's input)")
             more(bg, 20, "writes while no replica acknowledges")
-            lab.ssh(r, "systemctl start mariadb")
+            revive(lab, r)
             poll(lambda: db_nodes(lab)[p]["semi_sync"] == "on", 60,
                  "semi-sync back once the replica caught up")
             more(bg, 20, "writes after")
     finally:
-        lab.ssh(r, "systemctl start mariadb")
+        revive(lab, r)
     samples = bg.result.samples
     acked = {int(s.header.rsplit("/", 1)[1]) for s in samples if s.status == 201 and s.header}
     failed = [s for s in samples if s.failed]
-    # Writes went on: the commits in flight waited out the 1 s semi-sync timeout, once.
+    # Writes went on: the primary saw its only replica's connection drop and stopped waiting
+    # for acknowledgements at once (no replica connected: ansible/roles/cluster's client).
     assert not failed, [(s.status, s.error) for s in failed][:10]
     slowest = max(s.end - s.scheduled for s in samples if s.scheduled >= killed)
     assert slowest < 2.5, slowest
@@ -217,13 +231,12 @@ def test_bad_input_through_the_stack_is_a_clean_4xx(lab):
         assert len(c.get("/api/messages?limit=200").json()) == count
 
 
-@pytest.mark.xfail(reason="since semi-sync (this session): writes held during the switchover "
-                          "are refused. CI at d2f60cb: 124 of 1884 (503 after the 5 s hold; "
-                          "promoted 7.35 s after writes stopped); fresh lab after the 1 s cap "
-                          "on the semi-sync wait: 66 of 1497 (promoted 3.66 s). The old primary "
-                          "does not always register as the new one's semi-sync replica, and "
-                          "held writes starve gunicorn's threads (502/503 at nginx and HAProxy). "
-                          "One lab run passed (0 of 1194).", strict=False)
+@pytest.mark.xfail(reason="the switchover goes through the cluster now (promotion score, "
+                          "ocf:heartbeat:mariadb): the agent's demote/promote and their "
+                          "notifications run one after another, ~1 s per agent run on this "
+                          "2-core host, so writes are held 9-17 s and those past the site's 5 s "
+                          "hold are refused (lab, 3 DB nodes: 235 of 426 and 250 of 505). No "
+                          "acknowledged write was lost (checked first).", strict=False)
 def test_switchover_keeps_every_acknowledged_write(lab):
     old = primary(lab)
     target = replicas(lab)[0]

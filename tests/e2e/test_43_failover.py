@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from hastack.chaos import dbfailover
+from hastack.chaos import dbfailover, primitives
 from hastack.lab.lab import Lab as HostLab
 
 from .conftest import load, more, poll, run
@@ -59,7 +59,7 @@ def test_a_replica_killed_under_heavy_writes_loses_nothing_and_semi_sync_says_so
               method="POST", json_body={"author": "replica-kill", "body": "heavy"},
               idempotency_keys=True) as bg:
         more(bg, 60, "writes before the kill")
-        lab.ssh(replica, f"{dbfailover.KILL_MARIADBD}")
+        primitives.crash_mariadbd(fleet, replica)
         more(bg, 120, "writes after the kill")
     acked = sorted(int(s.header.rsplit("/", 1)[1]) for s in bg.result.samples
                    if s.status == 201 and s.header)

@@ -80,7 +80,7 @@ def test_select_keeps_the_order_asked_and_defaults_to_everything():
 
 def test_servers_get_only_daemon_faults():
     everything = catalog.select(SEED, None, physical=False)
-    assert everything and all(f.kind.action in ("kill", "deploy") for f in everything)
+    assert everything and all(f.kind.action in ("kill", "crash-db", "deploy") for f in everything)
     with pytest.raises(HastackError, match="only the lab can do"):
         catalog.select(SEED, ["web1-power-off"], physical=False)
 

@@ -72,20 +72,26 @@ def test_a_primary_without_replicas_has_semi_sync_disabled():
 
 # ---- the switchover's request to the cluster (one SSH round trip) ------------------------
 
-def test_the_switchover_raises_the_targets_promotion_score_before_removing_the_others(tmp_path):
-    """The target's score first: with none set anywhere for a moment, the replicas' monitors
-    would elect a node by GTID (notes on ocf:heartbeat:mariadb)."""
+def test_the_switchover_gives_the_target_one_more_than_the_highest_score(tmp_path):
+    """One CIB change, above every other node's score (the agent's 100, or an earlier
+    switchover's): Pacemaker moves the promoted role there in one transition."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls"
     fake = bin_dir / "crm_attribute"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    # db1 holds 100 (elected), db3 230 (an earlier switchover), db4 none (query fails)
+    fake.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in
+  *"--node db1"*--query*) echo 100 ;;
+  *"--node db3"*--query*) echo 230 ;;
+  *--query*) echo "Error performing operation: No such device or address" >&2; exit 105 ;;
+esac
+""")
     fake.chmod(0o755)
-    script = db.PROMOTION_SCORE_SCRIPT.format(resource="db", target="db2", others="db1 db3")
+    script = db.PROMOTION_SCORE_SCRIPT.format(resource="db", target="db2",
+                                              others="db1 db3 db4")
     subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
                    env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True)
-    assert log.read_text().splitlines() == [
-        "--promotion=db --node db2 --lifetime reboot --update 1000",
-        "--promotion=db --node db1 --lifetime reboot --delete",
-        "--promotion=db --node db3 --lifetime reboot --delete",
-    ]
+    updates = [c for c in log.read_text().splitlines() if "--update" in c]
+    assert updates == ["--promotion=db --node db2 --lifetime reboot --update 231"]

@@ -50,7 +50,7 @@ EXPECTATIONS = ("all", "reads", "bounded")
 class Kind:
     suffix: str        # the fault's name is <machine>-<suffix>
     role: str          # machines with this role can have it ("": the stack, once)
-    action: str        # kill | power | link | deploy (ACTIONS)
+    action: str        # kill | crash-db | power | link | deploy (ACTIONS)
     expect: str        # all | reads | bounded (module doc)
     detect: str        # vip | backend | monitor | none (module doc)
     unit: str = ""     # systemd unit, for kill
@@ -76,7 +76,7 @@ KINDS: tuple[Kind, ...] = (
          monitor=_DB_DOWN),
     Kind("power-off", "monitoring", "power", "all", "monitor",
          monitor='up{job="prometheus",machine="{m}"} == 0'),
-    Kind("mariadbd-killed", "db-primary", "kill", "reads", "monitor", unit="mariadb",
+    Kind("mariadbd-killed", "db-primary", "crash-db", "reads", "monitor", unit="mariadb",
          monitor=_DB_DOWN),
     Kind("power-off", "db-primary", "power", "reads", "monitor", monitor=_DB_DOWN),
     Kind("rolling-deploy", "", "deploy", "all", "none"),
@@ -95,6 +95,8 @@ Step = Callable[[Fleet, str, Kind], float]
 ACTIONS: dict[str, tuple[Step, Step]] = {
     "kill": (lambda f, m, k: primitives.kill_service(f, m, k.unit),
              lambda f, m, k: primitives.start_service(f, m, k.unit)),
+    "crash-db": (lambda f, m, k: primitives.crash_mariadbd(f, m),
+                 lambda f, m, k: primitives.after_mariadbd_crash(f, m)),
     "power": (lambda f, m, k: primitives.power_off(f, m),  # type: ignore[arg-type]
               lambda f, m, k: primitives.power_on(f, m)),  # type: ignore[arg-type]
     "link": (lambda f, m, k: primitives.cut_link(m, k.net),
@@ -125,7 +127,8 @@ class Fault:
     def describe(self) -> str:
         if self.kind.action == "deploy":
             return "a new build of the site deployed, app servers reloaded one at a time"
-        what = {"kill": f"{self.kind.unit} SIGKILLed", "power": "powered off (plug pulled)",
+        what = {"kill": f"{self.kind.unit} SIGKILLed", "crash-db": "mariadbd SIGKILLed",
+                "power": "powered off (plug pulled)",
                 "link": f"{self.kind.net} link cut"}[self.kind.action]
         return f"{self.machine}: {what}"
 

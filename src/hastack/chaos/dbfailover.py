@@ -23,7 +23,6 @@ from hastack.fleet import Fleet
 from hastack.loadgen import BackgroundLoad
 
 FAULTS = ("mariadbd-killed", "power-off", "link-cut")
-KILL_MARIADBD = "kill -KILL $(cat /run/mysqld/mysqld.pid)"
 TABLE = "foobar.messages"
 
 
@@ -68,7 +67,7 @@ def primary_now(fleet: Fleet, nodes: list[str]) -> list[str]:
 
 def inject(fleet: Fleet, fault: str, node: str) -> float:
     if fault == "mariadbd-killed":
-        return primitives.remote_at(fleet, node, KILL_MARIADBD)
+        return primitives.crash_mariadbd(fleet, node)
     if not fleet.physical_faults:
         raise HastackError(f"'{fault}' needs the lab's hands (power, cables)")
     if fault == "power-off":

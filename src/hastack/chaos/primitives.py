@@ -38,6 +38,19 @@ def kill_service(fleet: Fleet, machine: str, unit: str) -> float:
     return remote_at(fleet, machine, f"systemctl kill --signal=KILL {unit}")
 
 
+def crash_mariadbd(fleet: Fleet, machine: str) -> float:
+    """SIGKILL the node's mariadbd by its pid file, whoever runs it (systemd on a single DB
+    node, the failover cluster otherwise)."""
+    return remote_at(fleet, machine, "kill -KILL $(cat /run/mysqld/mysqld.pid)")
+
+
+def after_mariadbd_crash(fleet: Fleet, machine: str) -> float:
+    """What an operator does after a crash: start it again if systemd runs it; under the
+    cluster (mariadb.service disabled) nothing: the cluster restarts it as a replica."""
+    return remote_at(fleet, machine, "sh -c 'systemctl is-enabled --quiet mariadb && "
+                                     "systemctl start mariadb || true'")
+
+
 def _no_restart_dropin(unit: str) -> str:
     return f"/run/systemd/system/{unit}.service.d/hastack-chaos-no-restart.conf"
 
