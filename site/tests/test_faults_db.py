@@ -207,3 +207,40 @@ def test_a_dead_configured_primary_is_only_a_hint(make_app, lab):
             took_read, listing = timed(lambda: client.get(LISTING))
             assert listing.headers["X-DB"] == lab.replica.address
             assert took < STUCK and took_read < STUCK
+
+
+def test_reads_carry_on_while_a_cluster_repoints_the_replica(make_app, lab):
+    """The primary is gone and a failover cluster's agent resets the replica's replication
+    (STOP SLAVE, RESET SLAVE ALL) before pointing it at the node it promotes: the replica's
+    data is still the newest there is, and reads carry on from it."""
+    client = make_app().test_client()
+    kept = unique()
+    assert client.post("/messages", json={"author": "rp", "body": kept}).status_code == 201
+    lab.wait_replica_caught_up()
+    try:
+        with stopped(lab.primary):
+            lab.replica.sql("STOP SLAVE", "RESET SLAVE ALL")
+            wait_for(lambda: replication(client)["reason"] == "not a replica", 10,
+                     "the app to see the replica without replication")
+            for _ in range(20):
+                page = client.get("/")
+                assert (page.status_code, page.headers["X-DB-Role"]) == (200, "replica")
+                assert kept in page.text
+    finally:
+        lab.replica.sql(lab._change_master(lab.primary), "START SLAVE")
+        lab.wait_replica_caught_up()
+
+
+def test_a_replica_stopped_on_an_error_serves_no_reads_even_without_a_primary():
+    """Its data may be far behind: a SQL thread stopped on an error never serves."""
+    from foobar.db.health import NodeStatus, status_from_rows
+
+    broken = status_from_rows([{"Slave_IO_Running": "No", "Slave_SQL_Running": "No",
+                                "Seconds_Behind_Master": None, "Last_SQL_Errno": 1062}],
+                              1.0, 0.0)
+    stopped_cleanly = status_from_rows([{"Slave_IO_Running": "No", "Slave_SQL_Running": "No",
+                                         "Seconds_Behind_Master": None, "Last_SQL_Errno": 0}],
+                                       1.0, 0.0)
+    assert not NodeStatus(True, True, replication=broken).serves_stale_reads
+    assert NodeStatus(True, True, replication=stopped_cleanly).serves_stale_reads
+    assert NodeStatus(True, True, replication=status_from_rows([], 1.0, 0.0)).serves_stale_reads

@@ -489,8 +489,11 @@ def test_a_read_when_the_primary_dies_between_checks_is_served_by_its_replica():
 
 
 def test_a_read_with_the_primary_and_every_replica_gone_is_refused():
+    """No primary, and the one replica's SQL thread stopped on an error (its data may be far
+    behind; a replica stopped cleanly, as a failover cluster repoints it, still serves)."""
     clock = FakeTime()
-    replica = FakeNode("db2", rows=slave_status(io="Connecting", sql="No"))
+    replica = FakeNode("db2", rows=[{**slave_status(io="Connecting", sql="No")[0],
+                                     "Last_SQL_Errno": 1062}])
     router, _ = make_router(replica, clock=clock.clock, sleep=clock.sleep)
     router.view()
     router.configured_primary.down = True

@@ -40,6 +40,9 @@ from foobar.db.nodes import PRIMARY, REPLICA, Node, NodeUnavailable
 log = logging.getLogger(__name__)
 
 
+NOT_A_REPLICA = "not a replica"
+
+
 @dataclass(frozen=True)
 class ReplicaStatus:
     healthy: bool
@@ -48,6 +51,7 @@ class ReplicaStatus:
     lag: float | None = None
     reason: str | None = None
     checked_at: float = 0.0
+    sql_error: bool = False  # the SQL thread stopped on an error (Last_SQL_Errno)
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -58,7 +62,7 @@ class ReplicaStatus:
 def status_from_rows(rows: list[dict], max_lag: float, now: float) -> ReplicaStatus:
     """Judge SHOW SLAVE STATUS rows: both threads running and lag at most max_lag."""
     if not rows:
-        return ReplicaStatus(healthy=False, reason="not a replica", checked_at=now)
+        return ReplicaStatus(healthy=False, reason=NOT_A_REPLICA, checked_at=now)
     io = ",".join(str(r.get("Slave_IO_Running")) for r in rows)
     sql = ",".join(str(r.get("Slave_SQL_Running")) for r in rows)
     lags = [r.get("Seconds_Behind_Master") for r in rows]
@@ -72,7 +76,8 @@ def status_from_rows(rows: list[dict], max_lag: float, now: float) -> ReplicaSta
         reason = "lag unknown"
     elif lag > max_lag:
         reason = f"lag {lag:g}s > {max_lag:g}s"
-    return ReplicaStatus(reason is None, io, sql, lag, reason, now)
+    sql_error = any(int(r.get("Last_SQL_Errno") or 0) != 0 for r in rows)
+    return ReplicaStatus(reason is None, io, sql, lag, reason, now, sql_error)
 
 
 @dataclass(frozen=True)
@@ -100,15 +105,17 @@ class NodeStatus:
     @property
     def serves_stale_reads(self) -> bool:
         """A read-only node applying everything it has received (SQL thread running),
-        whatever its IO thread says. Only while no primary is reachable: then nothing newer
-        can be written anywhere, and its data is the freshest there is."""
+        whatever its IO thread says, or one whose replication was stopped or reset without
+        an error (a failover cluster repointing its replicas to the node it promotes: the
+        agent applies the relay log first). Only while no primary is reachable: then nothing
+        newer can be written anywhere, and its data is the freshest there is. A replica whose
+        SQL thread stopped on an error may be far behind: never."""
         replication = self.replication
-        return (
-            self.role == REPLICA
-            and replication is not None
-            and replication.sql_running is not None
-            and all(state == "Yes" for state in replication.sql_running.split(","))
-        )
+        if self.role != REPLICA or replication is None or replication.sql_error:
+            return False
+        if replication.sql_running is None:
+            return replication.reason == NOT_A_REPLICA
+        return all(state in ("Yes", "No") for state in replication.sql_running.split(","))
 
     def as_dict(self) -> dict:
         return {
