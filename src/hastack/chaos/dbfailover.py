@@ -39,6 +39,7 @@ class Outcome:
     checksums: dict[str, str] = field(default_factory=dict)
     rejoined_s: float | None = None  # fault -> the old primary replicates from the new one
     split_brain: list[str] = field(default_factory=list)  # writable nodes besides the new one
+    fault_wall: float = 0.0  # time.time() of the fault (to read the nodes' logs against)
 
     def summary(self) -> dict[str, Any]:
         return {"fault": self.fault, "old_primary": self.old_primary,
@@ -104,6 +105,7 @@ def run(fleet: Fleet, fault: str, rate: float = 20, before: int = 40, after: int
             raise HastackError("writes through the site did not start")
         log(f"{len(bg.live)} writes sent; {fault} on {old}")
         at = inject(fleet, fault, old)
+        outcome.fault_wall = time.time() - (time.monotonic() - at)
         try:
             deadline = at + promote_timeout
             while time.monotonic() < deadline:
