@@ -19,7 +19,7 @@ import pytest
 from hastack.chaos import dbfailover, primitives
 from hastack.lab.lab import Lab as HostLab
 
-from .conftest import load, more, poll, run
+from .conftest import load, more, one_line_error, poll, run
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +110,13 @@ def test_a_redeploy_from_the_original_inventory_changes_no_role_and_loses_nothin
             ["1"] if name == primary else ["1", "1"])
     # back to the first primary, so the lab ends as it began
     run("db", "switchover", first)
+
+
+def test_a_switchover_to_a_node_that_is_not_a_healthy_replica_is_one_line_and_changes_nothing(
+        lab, fleet):
+    primary = next(n["name"] for n in db_status()["nodes"] if n["role"] == "primary")
+    for target, message in (("web1", "'web1' is not a database node"),
+                            (primary, f"{primary} is already the primary")):
+        line = one_line_error(run("db", "switchover", target, check=False))
+        assert message in line, line
+    assert [n["name"] for n in db_status()["nodes"] if n["role"] == "primary"] == [primary]
