@@ -120,7 +120,10 @@ def test_stop_machines_returns_once_everything_is_gone(ours, lab_machine, cgroup
     t = time.monotonic()
     machine.stop_machines([lab_machine], graceful=graceful, timeout=10)
     assert 0.45 < time.monotonic() - t < 4
-    assert nspawn.returncode == (-15 if graceful else -9)
+    # reaped by the time stop returned (returncode is set by the reaping thread a moment
+    # later: read it through wait(), which returns at once for a reaped process)
+    assert identify(nspawn.pid) is None
+    assert nspawn.wait(timeout=5) == (-15 if graceful else -9)
     assert not cgroup.exists() and not lab_machine.pidfile.exists()
     assert bystander.poll() is None
 
@@ -134,7 +137,10 @@ def test_stop_machines_waits_for_an_exited_nspawn_to_be_reaped(ours, lab_machine
     t = time.monotonic()
     machine.stop_machines([lab_machine])
     assert 0.45 < time.monotonic() - t < 4
-    assert nspawn.returncode == -9
+    # reaped by the time stop returned (returncode is set by the reaping thread a moment
+    # later: read it through wait(), which returns at once for a reaped process)
+    assert identify(nspawn.pid) is None
+    assert nspawn.wait(timeout=5) == -9
 
 
 def test_stop_machines_kills_what_ignores_the_power_off(ours, lab_machine, cgroup):
@@ -143,5 +149,8 @@ def test_stop_machines_kills_what_ignores_the_power_off(ours, lab_machine, cgrou
     t = time.monotonic()
     machine.stop_machines([lab_machine], graceful=True, timeout=0.3)
     assert 0.55 < time.monotonic() - t < 4
-    assert stubborn.returncode == -9
+    # reaped by the time stop returned (returncode is set by the reaping thread a moment
+    # later: read it through wait(), which returns at once for a reaped process)
+    assert identify(stubborn.pid) is None
+    assert stubborn.wait(timeout=5) == -9
     assert not cgroup.exists()
