@@ -53,11 +53,6 @@ class NodeStatus:
     error: str = ""
 
 
-def _sql(fleet: Fleet, node: str, sql: str, timeout: float = 30) -> str:
-    """Run SQL as root on a node; the SQL goes on stdin (no password on a command line)."""
-    return fleet.run_checked(node, "mariadb -B -N", "mariadb", timeout=timeout, stdin=sql)
-
-
 def db_nodes(topo: Topology) -> list[str]:
     return [m.name for m in topo.machines if {"db-primary", "db-replica"} & set(m.roles)]
 
@@ -141,6 +136,7 @@ def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.
         raise HastackError(f"{target}'s replication is not running (IO {new.io_running}, "
                            f"SQL {new.sql_running}); fix it before a switchover")
     timings: dict[str, float] = {}
+    topo = fleet.require_topology()
     started = time.monotonic()
     console.print(f"switchover {old.name} -> {target}: through the cluster (promotion score)")
     others = " ".join(n for n in nodes if n != target)
@@ -149,7 +145,7 @@ def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.
                                                           target=target, others=others))
     deadline = started + timeout
     while True:
-        st = node_status(fleet, fleet.require_topology(), target)
+        st = node_status(fleet, topo, target)
         if st.role == "primary":
             break
         if time.monotonic() > deadline:
@@ -159,7 +155,7 @@ def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.
         time.sleep(0.1)
     timings["promoted_s"] = time.monotonic() - started
     while True:
-        st = node_status(fleet, fleet.require_topology(), old.name)
+        st = node_status(fleet, topo, old.name)
         if st.replicating_from == new.address and st.io_running == "Yes":
             break
         if time.monotonic() > deadline:

@@ -160,10 +160,12 @@ def _compare(fleet: Fleet, nodes: list[str], outcome: Outcome) -> None:
                              "reading the primary's GTID").strip()
     ids = ",".join(map(str, outcome.acked)) or "NULL"
     for node in nodes:
-        if node != new and read_only(fleet, node) is not True:
-            if read_only(fleet, node) is False:
+        if node != new:
+            state = read_only(fleet, node)  # True: a replica; False: a second writer
+            if state is False:
                 outcome.split_brain.append(node)
-            continue
+            if state is not True:
+                continue
         if node != new:
             fleet.run_on(node, f"mariadb -B -N -e \"SELECT MASTER_GTID_WAIT('{gtid}', 60)\"",
                          timeout=90)
