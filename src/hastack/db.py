@@ -45,8 +45,10 @@ class NodeStatus:
     lag_seconds: int | None = None
     threads_running: int | None = None
     # Semi-synchronous replication. A primary: "on" (a commit is answered once a replica
-    # has it), "off" (it went on without: no replica acknowledged in time) or "disabled"
-    # (not configured: no replicas); semi_sync_replicas acknowledging it. A replica: "on"
+    # has it), "off" (it goes on without: no replica acknowledged in time, or none is
+    # connected, where it does not wait at all: rpl_semi_sync_master_wait_no_slave=OFF under
+    # the cluster, and the server still says ON) or "disabled" (not configured: no
+    # replicas); semi_sync_replicas acknowledging it. A replica: "on"
     # when its IO thread acknowledges what it receives.
     semi_sync: str = ""
     semi_sync_replicas: int | None = None
@@ -77,8 +79,9 @@ def node_status(fleet: Fleet, topo: Topology, node: str) -> NodeStatus:
     if st.read_only:
         st.semi_sync = "on" if slave_on == "ON" else "off"
     else:
-        st.semi_sync = "disabled" if enabled != "1" else ("on" if master_on == "ON" else "off")
         st.semi_sync_replicas = int(clients)
+        waits = master_on == "ON" and st.semi_sync_replicas > 0
+        st.semi_sync = "disabled" if enabled != "1" else ("on" if waits else "off")
     slave = {}
     for line in lines[2:]:
         if ":" in line and not line.startswith("*"):

@@ -62,6 +62,14 @@ def test_a_primary_that_went_on_without_a_replica_says_off():
     assert nodes["db2"].semi_sync == "off"
 
 
+def test_a_primary_with_no_replica_connected_says_off_though_the_server_says_on():
+    # rpl_semi_sync_master_wait_no_slave=OFF (the cluster's primaries): with no semi-sync
+    # client the primary does not wait, and Rpl_semi_sync_master_status stays ON
+    nodes = _status({"db1": HEADER + "0\t0-1-50\t\t3\t1\tON\t0\tOFF\n",
+                     "db2": HEADER + "1\t0-1-42\t0-1-42\t2\t1\tOFF\t0\tOFF\n"})
+    assert (nodes["db1"].semi_sync, nodes["db1"].semi_sync_replicas) == ("off", 0)
+
+
 def test_a_primary_without_replicas_has_semi_sync_disabled():
     nodes = _status({"db1": HEADER + "0\t0-1-7\t\t3\t0\tOFF\t0\tOFF\n",
                      "db2": HEADER + "1\t\t\t1\t0\tOFF\t0\tOFF\n"})
