@@ -4,12 +4,14 @@ powers the node off and on (the lab's Redfish endpoint, driven by Debian's fence
 
 What is proven here: three votes, quorum kept when the quorum machine is gone and when a DB
 node is cut off (the side that still reaches qnetd keeps it), a fencing order that power-cycles
-the node it names, which then rejoins the cluster and replication on its own.
+the node it names, which then rejoins the cluster and replication on its own, and a replica
+made writable by hand demoted by the cluster within seconds.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -117,3 +119,23 @@ def test_a_fencing_order_power_cycles_the_node_and_it_rejoins(lab, nodes):
     except BaseException:
         print(f"last seen: {seen}")  # a CI run failed here once: what the node said
         raise
+
+
+def test_a_replica_made_writable_by_hand_is_demoted_by_the_cluster_at_once(lab, nodes):
+    """No split-brain writes from a slip of the hand: the agent's monitor (every 1 s on a
+    replica) reports a writable replica as promoted, and the cluster demotes it and restarts
+    it as a replica (failure-timeout later), with nothing done by hand."""
+    view = json.loads(run("db", "status", "--json").stdout)["nodes"]
+    replica = next(n["name"] for n in view if n["role"] == "replica")
+    lab.ssh(replica, "mariadb -e 'SET GLOBAL read_only = OFF'")
+    made = time.monotonic()
+    poll(lambda: lab.ssh(replica, "mariadb -N -e 'SELECT @@read_only'", check=False).strip()
+         != "0", 10, f"{replica} read-only again or stopped")
+    print(f"{replica} writable for at most {time.monotonic() - made:.1f} s")
+
+    def replicating():
+        node = next(n for n in json.loads(run("db", "status", "--json").stdout)["nodes"]
+                    if n["name"] == replica)
+        return node["role"] == "replica" and (node["io_running"], node["sql_running"]) == (
+            "Yes", "Yes")
+    poll(replicating, 90, f"{replica} replicating again")
