@@ -130,3 +130,20 @@ def test_the_drill_passes_only_when_every_table_equals_the_replicas(prog, monkey
     assert failed["ok"] is False and failed["differ"] == ["messages"]
     monkeypatch.setattr(prog, "restore", restored({"messages": 11}))
     assert prog.drill(config(tmp_path))["differ"] == ["idempotency_keys"]
+
+
+def test_after_a_change_of_primary_the_copy_reaching_furthest_is_replayed(prog, monkeypatch,
+                                                                         tmp_path):
+    # db1 was the primary, then db2 (db1 cut off), then db1 again: db2's copy stops where
+    # it stopped being the primary; db1's holds db2's transactions too (log_slave_updates)
+    copies = {"db1": [("0-41-5", 0.0), ("0-41-6", 1.0), ("0-42-7", 2.0), ("0-41-8", 3.0)],
+              "db2": [("0-41-5", 0.0), ("0-41-6", 1.0), ("0-42-7", 2.0)],
+              "db3": [("0-41-9", 4.0)]}  # begins after the backup: cannot be replayed
+    for name in copies:
+        (tmp_path / "binlogs" / name).mkdir(parents=True)
+    monkeypatch.setattr(prog, "copied_events", lambda d: copies[d.name])
+    chosen, events = prog.binlogs_to_replay(tmp_path, "0-41-6")
+    assert chosen.name == "db1" and events[-1][0] == "0-41-8"
+    with pytest.raises(prog.BackupError, match=r"^no node's copied binary logs continue from "
+                                               r"the backup's GTID 0-41-2 "):
+        prog.binlogs_to_replay(tmp_path, "0-41-2")
