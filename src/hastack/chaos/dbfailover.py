@@ -166,7 +166,6 @@ def _compare(fleet: Fleet, nodes: list[str], outcome: Outcome) -> None:
                 outcome.split_brain.append(node)
             if state is not True:
                 continue
-        if node != new:
             fleet.run_on(node, f"mariadb -B -N -e \"SELECT MASTER_GTID_WAIT('{gtid}', 60)\"",
                          timeout=90)
         out = fleet.run_checked(node, "mariadb -B -N", "comparing rows", stdin=(
