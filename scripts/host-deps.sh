@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the controller (this host) needs from Debian, only if something is missing.
-#  systemd-container, debootstrap: the lab machines and their image
+#  systemd-container, debootstrap: the lab machines and their image;  nftables: the firewall
+#  tests load every rendered ruleset into throwaway network namespaces (its service stays off)
 #  openssh-client: Ansible and `hastack ssh`;  wrk: benchmarks;  apache2-utils: ab, the
 #  generator of `hastack bench` (it presents a client certificate, which the direct requests need)
 #  mariadb-server, openssl: the site's own tests start throwaway MariaDB servers (never the
@@ -9,7 +10,7 @@
 #  blackbox's --config.check for the monitoring tests (their services are kept from starting)
 #  chromium, fonts-dejavu-core: the status page's e2e test renders it headless (screenshot)
 set -euo pipefail
-packages=(systemd-container debootstrap openssh-client iproute2 util-linux wrk apache2-utils
+packages=(systemd-container debootstrap openssh-client iproute2 util-linux nftables wrk apache2-utils
           mariadb-server mariadb-client openssl gzip
           prometheus prometheus-alertmanager prometheus-blackbox-exporter
           chromium fonts-dejavu-core)
