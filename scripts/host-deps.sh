@@ -9,11 +9,12 @@
 #  prometheus, prometheus-alertmanager, prometheus-blackbox-exporter: promtool, amtool and
 #  blackbox's --config.check for the monitoring tests (their services are kept from starting)
 #  chromium, fonts-dejavu-core: the status page's e2e test renders it headless (screenshot)
+#  fence-agents: the lab's Redfish endpoint is tested with Debian's own fence_redfish
 set -euo pipefail
 packages=(systemd-container debootstrap openssh-client iproute2 util-linux nftables wrk apache2-utils
           mariadb-server mariadb-client openssl gzip
           prometheus prometheus-alertmanager prometheus-blackbox-exporter
-          chromium fonts-dejavu-core)
+          chromium fonts-dejavu-core fence-agents)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
