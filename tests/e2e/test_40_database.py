@@ -231,12 +231,6 @@ def test_bad_input_through_the_stack_is_a_clean_4xx(lab):
         assert len(c.get("/api/messages?limit=200").json()) == count
 
 
-@pytest.mark.xfail(reason="the switchover goes through the cluster now (promotion score, "
-                          "ocf:heartbeat:mariadb): the agent's demote/promote and their "
-                          "notifications run one after another, ~1 s per agent run on this "
-                          "2-core host, so writes are held 9-17 s and those past the site's 5 s "
-                          "hold are refused (lab, 3 DB nodes: 235 of 426 and 250 of 505). No "
-                          "acknowledged write was lost (checked first).", strict=False)
 def test_switchover_keeps_every_acknowledged_write(lab):
     old = primary(lab)
     target = replicas(lab)[0]
