@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from hastack import backup, cluster, db, lb, topology
+from hastack import backup, cluster, db, dbrestart, lb, topology
 from hastack import bench as benchmark
 from hastack import status as monitoring_status
 from hastack.chaos import catalog as chaos_catalog
@@ -322,6 +322,16 @@ def db_switchover(target: Annotated[str, typer.Argument(help="replica to promote
     """Planned promotion of a replica to primary, through the cluster, losing no acknowledged
     write. Nothing is recorded: the inventory's db_primary names only the first primary."""
     db.switchover(_fleet(inventory), target, out)
+
+
+@db_app.command("restart")
+def db_restart(nodes: Annotated[list[str] | None, typer.Argument(
+                   help="only these nodes (default: every DB node)")] = None,
+               inventory: InventoryOpt = None) -> None:
+    """Rolling restart through the cluster (a changed MariaDB configuration applies at a
+    node's next start): the replicas one at a time, then a switchover, then the old primary."""
+    done = dbrestart.rolling_restart(_fleet(inventory), out, nodes or None)
+    out.print(f"restarted {', '.join(done) or 'nothing'}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ import pytest
 
 from hastack.chaos import primitives
 
-from .conftest import poll, run
+from .conftest import load, more, poll, run
 
 
 def cluster() -> dict:
@@ -141,3 +141,45 @@ def test_a_replica_made_writable_by_hand_is_demoted_by_the_cluster_at_once(lab, 
             n["role"] == "primary" or (n["role"], n["io_running"], n["sql_running"]) == (
                 "replica", "Yes", "Yes") for n in view)
     poll(all_serving, 90, f"{replica} and every other replica replicating again")
+
+
+def _uptime(lab, node: str) -> int:
+    return int(lab.ssh(node, "mariadb -N -e \"SELECT VARIABLE_VALUE FROM "
+                             "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'\""))
+
+
+def test_a_rolling_restart_goes_through_the_cluster_and_fails_no_request(lab, nodes):
+    """`hastack db restart`: every node's MariaDB restarted by the engine, one at a time (the
+    replicas, a switchover, the old primary), under reads and keyed writes through the site:
+    none fails, every acknowledged write is on every node."""
+    view = json.loads(run("db", "status", "--json").stdout)["nodes"]
+    old = next(n["name"] for n in view if n["role"] == "primary")
+    with load(lab, lab.vips[0], "/messages", header="location", rate=10, timeout=10.0,
+              method="POST", json_body={"author": "roll", "body": "restart"},
+              idempotency_keys=True) as writes, \
+            load(lab, lab.vips[1], "/api/messages?limit=5", header="x-db-role",
+                 rate=20) as reads:
+        started = time.monotonic()
+        out = run("db", "restart").stdout
+        took = time.monotonic() - started
+        more(writes, 10, "writes after the restart")
+    print("\n" + out.strip())
+    for node in nodes:
+        assert _uptime(lab, node) < took + 5, f"{node}'s MariaDB was not restarted"
+    view = json.loads(run("db", "status", "--json").stdout)["nodes"]
+    new = next(n["name"] for n in view if n["role"] == "primary")
+    assert new != old
+    assert all((n["io_running"], n["sql_running"]) == ("Yes", "Yes")
+               for n in view if n["name"] != new), view
+    acked = {int(s.header.rsplit("/", 1)[1]) for s in writes.result.samples
+             if s.status == 201 and s.header}
+    assert acked
+    ids = ",".join(map(str, sorted(acked)))
+    for node in nodes:
+        poll(lambda node=node: int(lab.ssh(node, f"mariadb -N foobar -e 'SELECT COUNT(*) FROM "
+                                                 f"messages WHERE id IN ({ids})'")) == len(acked),
+             15, f"every acknowledged write on {node}")
+    failed = [s for r in (writes.result, reads.result) for s in r.samples if s.failed]
+    print(f"during the restart ({took:.1f} s): {writes.result.sent} writes, {reads.result.sent} "
+          f"reads, {len(failed)} failed")
+    assert not failed, [(s.status, s.error) for s in failed][:10]
