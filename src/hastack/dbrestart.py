@@ -22,16 +22,6 @@ from hastack.fleet import Fleet
 CLONE = f"{db.CLUSTER_RESOURCE}-clone"
 BAN_LIFETIME = "PT10M"  # the safety net: a ban hastack could not clear expires by itself
 
-UPTIME_SQL = ("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-              "WHERE VARIABLE_NAME='UPTIME'")
-
-
-def uptime(fleet: Fleet, node: str) -> int | None:
-    """Seconds since this node's mariadbd started (None if it does not answer)."""
-    out = fleet.run_on(node, ["mariadb", "-B", "-N", "-e", UPTIME_SQL], timeout=10)
-    text = out.stdout.strip()
-    return int(text) if out.returncode == 0 and text.isdigit() else None
-
 
 def order(nodes: list[db.NodeStatus], only: list[str] | None = None) -> tuple[list[str], str]:
     """The replicas to restart (in node order) and the primary; refuses what cannot roll."""
