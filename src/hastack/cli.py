@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from hastack import backup, cluster, db, dbrestart, lb, topology
+from hastack import backup, cluster, db, dbrestart, lb, promotion, topology
 from hastack import bench as benchmark
 from hastack import status as monitoring_status
 from hastack.chaos import catalog as chaos_catalog
@@ -322,6 +322,31 @@ def db_switchover(target: Annotated[str, typer.Argument(help="replica to promote
     """Planned promotion of a replica to primary, through the cluster, losing no acknowledged
     write. Nothing is recorded: the inventory's db_primary names only the first primary."""
     db.switchover(_fleet(inventory), target, out)
+
+
+@db_app.command("auto-failover")
+def db_auto_failover(state: Annotated[str, typer.Argument(
+                         help="on: the cluster promotes a replica by itself when the primary "
+                              "is lost (the default); off: writes wait for `hastack db "
+                              "failover`")],
+                     inventory: InventoryOpt = None) -> None:
+    """Turn the cluster's automatic promotion of a replica on or off."""
+    if state not in ("on", "off"):
+        raise HastackError(f"auto-failover takes 'on' or 'off', not '{state}'")
+    promotion.set_automatic(_fleet(inventory), state == "on", out)
+
+
+@db_app.command("failover")
+def db_failover(target: Annotated[str | None, typer.Argument(
+                    help="replica to promote (default: the one holding the last "
+                         "acknowledged write)")] = None,
+                force: Annotated[bool, typer.Option(
+                    help="promote although a node that does not answer, or another "
+                         "replica, may hold later acknowledged writes")] = False,
+                inventory: InventoryOpt = None) -> None:
+    """Promote a replica after the primary is lost, while automatic failover is off: the
+    cluster fences the old primary if it still counts as running, then promotes."""
+    promotion.failover(_fleet(inventory), out, target, force)
 
 
 @db_app.command("restart")

@@ -13,13 +13,16 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from hastack.db import db_nodes
+from hastack.db import PROMOTION_PIN_ID, db_nodes
 from hastack.fleet import Fleet
 
 SEPARATOR = "--hastack-quorum--"
+CONSTRAINTS_SEPARATOR = "--hastack-constraints--"
+# Location constraints: hastack's promotion pin, and bans (a rolling restart's, an operator's).
+ASK_CONSTRAINTS = "cibadmin --query --scope constraints"
 # One SSH round trip per node; each tool's failure is in its own part of the answer.
 ASK = (f"crm_mon -1 --output-as=xml --include=all 2>&1; echo '{SEPARATOR}'; "
-       "corosync-quorumtool -s 2>&1")
+       f"corosync-quorumtool -s 2>&1; echo '{CONSTRAINTS_SEPARATOR}'; {ASK_CONSTRAINTS} 2>&1")
 
 
 def parse_quorum(text: str) -> dict[str, Any]:
@@ -89,10 +92,35 @@ def parse_crm_mon(text: str) -> dict[str, Any]:
     }
 
 
+def parse_constraints(text: str) -> dict[str, Any]:
+    """cibadmin --query --scope constraints: where the promotion pin holds the primary (None:
+    automatic promotion on), and the bans crm_resource made (a rolling restart's, an
+    operator's)."""
+    try:
+        root = ET.fromstring(text[text.index("<"):])
+    except (ValueError, ET.ParseError):
+        return {"promotion_pin": None, "bans": [], "error": text.strip()[-200:]}
+    pin = None
+    bans = []
+    for loc in root.iter("rsc_location"):
+        if loc.get("id") == PROMOTION_PIN_ID:
+            expr = loc.find("rule/expression")
+            pin = expr.get("value") if expr is not None else None
+        elif loc.get("id", "").startswith("cli-ban-"):  # crm_resource --ban
+            bans.append({"id": loc.get("id", ""), "resource": loc.get("rsc", ""),
+                         "node": loc.get("node", ""), "role": loc.get("role", "")})
+    return {"promotion_pin": pin, "bans": bans}
+
+
 def parse_answer(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One node's answer to ASK: (Pacemaker's view, Corosync's quorum view)."""
-    crm, _, quorum = text.partition(SEPARATOR)
-    return parse_crm_mon(crm), parse_quorum(quorum)
+    """One node's answer to ASK: (Pacemaker's view with the constraints, Corosync's quorum
+    view)."""
+    crm, _, rest = text.partition(SEPARATOR)
+    quorum, _, constraints = rest.partition(CONSTRAINTS_SEPARATOR)
+    view = parse_crm_mon(crm)
+    if view.get("running"):
+        view.update(parse_constraints(constraints))
+    return view, parse_quorum(quorum)
 
 
 def status(fleet: Fleet) -> dict[str, Any]:
@@ -142,11 +170,17 @@ def summary_lines(cluster: dict[str, Any]) -> list[str]:
             f"fencing {'on' if view['fencing_enabled'] else 'off'}, without quorum: "
             f"{view['no_quorum_policy']}; online {', '.join(online) or 'none'}"
             + (f"; offline {', '.join(offline)}" if offline else ""))
-    lines = [head, *lines]
+    pin = view.get("promotion_pin")
+    auto = (f"automatic failover off: only {pin} may be the primary (`hastack db failover` "
+            "moves it)" if pin else "automatic failover on")
+    lines = [head, "  " + auto, *lines]
     for r in view["resources"]:
         where = ", ".join(r["nodes"]) or "nowhere"
         state = "FAILED" if r["failed"] else (r["role"] or "Stopped")
         lines.append(f"  {r['id']} ({r['agent']}): {state} on {where}")
+    for b in view.get("bans", []):
+        lines.append(f"  ban: {b['resource']} {b['role'] + ' ' if b['role'] else ''}"
+                     f"kept off {b['node']} ({b['id']})")
     for f in view["failcounts"]:
         lines.append(f"  failcount {f['resource']} on {f['node']}: {f['count']}")
     for e in view["fence_history"][-3:]:

@@ -39,6 +39,7 @@ class NodeStatus:
     read_only: bool | None = None
     gtid_binlog_pos: str = ""
     gtid_slave_pos: str = ""
+    gtid_io_pos: str = ""  # a replica: what it received (applied or not)
     replicating_from: str = ""
     io_running: str = ""
     sql_running: str = ""
@@ -90,6 +91,7 @@ def node_status(fleet: Fleet, topo: Topology, node: str) -> NodeStatus:
     if slave.get("Master_Host"):
         st.replicating_from = slave["Master_Host"]
         st.io_running, st.sql_running = slave["Slave_IO_Running"], slave["Slave_SQL_Running"]
+        st.gtid_io_pos = slave.get("Gtid_IO_Pos", "")
         lag = slave.get("Seconds_Behind_Master", "NULL")
         st.lag_seconds = None if lag == "NULL" else int(lag)
     if not st.read_only:
@@ -145,7 +147,8 @@ def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.
     others = " ".join(n for n in nodes if n != target)
     fleet.run_checked(target, "sh -s", f"setting {target}'s promotion score",
                       stdin=PROMOTION_SCORE_SCRIPT.format(resource=CLUSTER_RESOURCE,
-                                                          target=target, others=others))
+                                                          target=target, others=others,
+                                                          pin_step=move_pin_if_any(target)))
     deadline = started + timeout
     while True:
         st = node_status(fleet, topo, target)
@@ -187,4 +190,31 @@ for node in {others}; do
   case "$score" in ''|*[!0-9]*) ;; *) [ "$score" -le "$top" ] || top=$score ;; esac
 done
 crm_attribute --promotion={resource} --node {target} --lifetime reboot --update $((top + 1))
-"""
+{pin_step}"""
+
+# With automatic promotion off (hastack.promotion), one location constraint keeps the promoted
+# role on one node; a planned or an operator's move takes it along, after the score above
+# (that change alone moves nothing: the pin holds the primary where it is).
+PROMOTION_PIN_ID = "hastack-promotion-pin"
+
+
+def pin_xml(node: str) -> str:
+    """The pin: the promoted role of the clone nowhere but on `node`."""
+    pin = PROMOTION_PIN_ID
+    # the role goes on the rule: on the constraint it is ignored once there is a rule, and the
+    # constraint then kept every instance, replicas too, off the other nodes (seen in a lab)
+    return (f'<rsc_location id="{pin}" rsc="{CLUSTER_RESOURCE}-clone">'
+            f'<rule id="{pin}-rule" role="Promoted" score="-INFINITY">'
+            f'<expression id="{pin}-expr" attribute="#uname" operation="ne" value="{node}"/>'
+            f'</rule></rsc_location>')
+
+
+def pin_command(node: str) -> str:
+    return f"cibadmin --modify --allow-create --scope constraints --xml-text '{pin_xml(node)}'"
+
+
+def move_pin_if_any(node: str) -> str:
+    """Shell: move the pin to `node` if there is one (automatic promotion off)."""
+    return (f"if cibadmin --query --scope constraints --xpath "
+            f"\"//rsc_location[@id='{PROMOTION_PIN_ID}']\" >/dev/null 2>&1; then\n"
+            f"  {pin_command(node)}\nfi\n")

@@ -112,6 +112,35 @@ def test_a_redeploy_from_the_original_inventory_changes_no_role_and_loses_nothin
     run("db", "switchover", first)
 
 
+def test_with_automatic_failover_off_a_lost_primary_waits_for_the_operators_failover(
+        lab, fleet):
+    """`hastack db auto-failover off` pins the primary: its loss promotes nobody; `hastack db
+    failover` promotes the replica holding the last acknowledged write, losing none."""
+    line = one_line_error(run("db", "failover", check=False))
+    assert "automatic failover is on" in line, line
+    run("db", "auto-failover", "off")
+    try:
+        primary = next(n["name"] for n in db_status()["nodes"] if n["role"] == "primary")
+        assert db_status()["cluster"]["view"]["promotion_pin"] == primary
+        line = one_line_error(run("db", "failover", check=False))
+        assert f"{primary} is a writable primary: nothing to fail over" in line, line
+        outcome = dbfailover.run(fleet, "power-off", log=print,
+                                 operator=lambda: run("db", "failover"))
+        print(json.dumps(outcome.summary()))
+        assert outcome.promoted_unasked == []
+        assert outcome.new_primary and outcome.new_primary != primary
+        assert outcome.write_outage_s is not None, "no write was acknowledged after failover"
+        assert outcome.split_brain == []
+        assert outcome.rejoined_s is not None, f"{primary} did not come back as a replica"
+        assert all(not lost for lost in outcome.missing.values()), outcome.missing
+        assert len(set(outcome.checksums.values())) == 1, outcome.checksums
+        # the pin went with the promotion: automatic failover stays off
+        assert db_status()["cluster"]["view"]["promotion_pin"] == outcome.new_primary
+    finally:
+        run("db", "auto-failover", "on")
+    assert db_status()["cluster"]["view"]["promotion_pin"] is None
+
+
 def test_a_switchover_to_a_node_that_is_not_a_healthy_replica_is_one_line_and_changes_nothing(
         lab, fleet):
     primary = next(n["name"] for n in db_status()["nodes"] if n["role"] == "primary")

@@ -97,7 +97,7 @@ case "$*" in
 esac
 """)
     fake.chmod(0o755)
-    script = db.PROMOTION_SCORE_SCRIPT.format(resource="db", target="db2",
+    script = db.PROMOTION_SCORE_SCRIPT.format(resource="db", target="db2", pin_step="",
                                               others="db1 db3 db4")
     subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
                    env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True)

@@ -39,6 +39,8 @@ class Outcome:
     checksums: dict[str, str] = field(default_factory=dict)
     rejoined_s: float | None = None  # fault -> the old primary replicates from the new one
     split_brain: list[str] = field(default_factory=list)  # writable nodes besides the new one
+    # automatic promotion off: nodes found writable before the operator's failover
+    promoted_unasked: list[str] = field(default_factory=list)
     fault_wall: float = 0.0  # time.time() of the fault (to read the nodes' logs against)
 
     def summary(self) -> dict[str, Any]:
@@ -87,7 +89,10 @@ def heal(fleet: Fleet, fault: str, node: str) -> None:
 
 def run(fleet: Fleet, fault: str, rate: float = 20, before: int = 40, after: int = 60,
         promote_timeout: float = 60, rejoin_timeout: float = 240,
-        log: Callable[[str], None] = lambda _: None) -> Outcome:
+        log: Callable[[str], None] = lambda _: None,
+        operator: Callable[[], object] | None = None, hold: float = 15) -> Outcome:
+    """With `operator` (automatic promotion off), no node may be promoted for `hold` seconds
+    after the fault; then operator() fails over and the experiment goes on as usual."""
     topo = fleet.require_topology()
     nodes = db.db_nodes(topo)
     writable = primary_now(fleet, nodes)
@@ -107,7 +112,15 @@ def run(fleet: Fleet, fault: str, rate: float = 20, before: int = 40, after: int
         at = inject(fleet, fault, old)
         outcome.fault_wall = time.time() - (time.monotonic() - at)
         try:
-            deadline = at + promote_timeout
+            if operator is not None:
+                until = time.monotonic() + hold
+                while time.monotonic() < until and not outcome.promoted_unasked:
+                    outcome.promoted_unasked = primary_now(fleet, others)
+                    time.sleep(0.2)
+                log(f"{hold:.0f} s without the operator: promoted "
+                    f"{', '.join(outcome.promoted_unasked) or 'none'}; failing over")
+                operator()
+            deadline = time.monotonic() + promote_timeout
             while time.monotonic() < deadline:
                 promoted = primary_now(fleet, others)
                 if promoted:
