@@ -136,6 +136,10 @@ def test_with_automatic_failover_off_a_lost_primary_waits_for_the_operators_fail
         assert len(set(outcome.checksums.values())) == 1, outcome.checksums
         # the pin went with the promotion: automatic failover stays off
         assert db_status()["cluster"]["view"]["promotion_pin"] == outcome.new_primary
+        # a switchover takes the pin along (the lab ends with the primary it began with)
+        run("db", "switchover", primary)
+        assert db_status()["cluster"]["view"]["promotion_pin"] == primary
+        assert [n["name"] for n in db_status()["nodes"] if n["role"] == "primary"] == [primary]
     finally:
         run("db", "auto-failover", "on")
     assert db_status()["cluster"]["view"]["promotion_pin"] is None
