@@ -256,6 +256,10 @@ def db_status(as_json: Annotated[bool, typer.Option(
                       "" if n["lag_seconds"] is None else str(n["lag_seconds"]), semi,
                       "" if n["threads_running"] is None else str(n["threads_running"]))
     out.print(table)
+    pending = [n["name"] for n in nodes if n["restart_pending"]]
+    if pending:
+        out.print(f"restart pending (configuration changed since the server started): "
+                  f"{', '.join(pending)}; `hastack db restart`", highlight=False)
     for line in cluster.summary_lines(engine):
         out.print(line, highlight=False, markup=False, emoji=False)
 

@@ -27,8 +27,13 @@ STATUS_SQL = (
     f"{_global_status('THREADS_RUNNING')}, @@rpl_semi_sync_master_enabled, "
     f"{_global_status('RPL_SEMI_SYNC_MASTER_STATUS')}, "
     f"{_global_status('RPL_SEMI_SYNC_MASTER_CLIENTS')}, "
-    f"{_global_status('RPL_SEMI_SYNC_SLAVE_STATUS')}; SHOW SLAVE STATUS\\G"
+    f"{_global_status('RPL_SEMI_SYNC_SLAVE_STATUS')}, "
+    f"UNIX_TIMESTAMP() - {_global_status('UPTIME')}; SHOW SLAVE STATUS\\G"
 )
+# MariaDB's own configuration (the role file aside, which changes live): newer than the
+# server's start means a change waiting for the node's next start (dbrestart).
+CONFIG_FILE = "/etc/mysql/mariadb.conf.d/60-hastack.cnf"
+STATUS_COMMAND = f"stat -c %Y {CONFIG_FILE} 2>/dev/null || echo 0; mariadb -B"
 
 
 @dataclass
@@ -53,6 +58,8 @@ class NodeStatus:
     # when its IO thread acknowledges what it receives.
     semi_sync: str = ""
     semi_sync_replicas: int | None = None
+    # its configuration changed after the server started: applies at its next start
+    restart_pending: bool = False
     error: str = ""
 
 
@@ -64,15 +71,16 @@ def node_status(fleet: Fleet, topo: Topology, node: str) -> NodeStatus:
     m = topo.machine(node)
     st = NodeStatus(node, str(m.private_address), "down")
     try:
-        out = fleet.run_on(node, "mariadb -B", timeout=10, stdin=STATUS_SQL)
+        out = fleet.run_on(node, STATUS_COMMAND, timeout=10, stdin=STATUS_SQL)
     except Exception as exc:  # noqa: BLE001 - a node that cannot be asked is reported, not fatal
         st.error = str(exc)
         return st
     if out.returncode != 0:
         st.error = (out.stderr.strip() or "unreachable").splitlines()[-1]
         return st
-    lines = out.stdout.splitlines()
+    config_time, *lines = out.stdout.splitlines()
     values = lines[1].split("\t")
+    st.restart_pending = int(config_time) > int(float(values[8]))
     st.read_only = values[0] == "1"
     st.gtid_binlog_pos, st.gtid_slave_pos = values[1], values[2]
     st.threads_running = int(values[3])

@@ -104,3 +104,22 @@ def rolling_restart(fleet: Fleet, console: Console, only: list[str] | None = Non
                       f"replicating again after {done[primary]['back_s']:.1f} s; "
                       f"{target} is the primary now")
     return done
+
+
+def restart_pending(fleet: Fleet, console: Console) -> dict[str, dict[str, float]]:
+    """After a deploy: restart, through the cluster, the DB nodes whose configuration changed
+    since their server started (without a cluster the deploy restarted them itself). What
+    cannot roll now is said, not failed: the nodes stay pending (`hastack db status`) and the
+    next deploy or `hastack db restart` does it."""
+    nodes = db.status(fleet)
+    pending = [n.name for n in nodes if n.restart_pending]
+    if len(nodes) < 2 or not pending:
+        return {}
+    console.print(f"MariaDB's configuration changed on {', '.join(pending)}: rolling restart "
+                  "through the cluster")
+    try:
+        return rolling_restart(fleet, console, pending)
+    except HastackError as exc:
+        console.print(f"[yellow]not restarted[/yellow]: {exc}; the change applies at each "
+                      "node's next start (`hastack db restart`)")
+        return {}

@@ -75,6 +75,13 @@ class Fleet(ABC):
         deploy.run(self.inventory, self.secrets, console,
                    extra_vars={**self.deploy_vars, "app_build": build}, limit="app")
 
+    def settle_database(self, console: Console) -> None:
+        """After a full deploy: a changed MariaDB configuration applied through the cluster,
+        one node at a time (dbrestart.restart_pending), the same on the lab and on servers."""
+        from hastack import dbrestart  # noqa: PLC0415 - it needs this module's Fleet
+
+        dbrestart.restart_pending(self, console)
+
     def ca_cert(self) -> Path:
         """The CA a client passes to verify the site (`curl --cacert`)."""
         return pki.ca_cert_path(self.secrets)
@@ -122,6 +129,16 @@ class Fleet(ABC):
 
 SSH_DEFAULTS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]
 NODE_STATES = {True: "up", False: "down", None: "unknown"}
+
+
+DATABASE_GROUPS = {"database", "db_primary", "db_replica"}
+
+
+def _touches_database(limit: str, topo: Topology) -> bool:
+    """Whether an Ansible --limit names DB nodes (their groups or names; no patterns)."""
+    names = DATABASE_GROUPS | {m.name for m in topo.machines
+                               if {"db-primary", "db-replica"} & set(m.roles)}
+    return any(part.strip() in names for part in limit.replace(":", ",").split(","))
 
 
 def _truthy(value: Any) -> bool:
@@ -211,5 +228,8 @@ class InventoryFleet(Fleet):
             raise HastackError(f"{self.inventory}: is a lab's inventory (hastack_environment: "
                                "lab); deploy it with the lab's secrets: --secrets-dir "
                                f"{self.inventory.resolve().parent / 'secrets'} (or 'hastack up')")
-        return deploy.run(self.inventory, self.secrets, console,
+        done = deploy.run(self.inventory, self.secrets, console,
                           extra_vars=self.deploy_vars, limit=limit)
+        if limit is None or _touches_database(limit, self.require_topology()):
+            self.settle_database(console)
+        return done

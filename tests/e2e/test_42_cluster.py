@@ -17,7 +17,7 @@ import pytest
 
 from hastack.chaos import primitives
 
-from .conftest import load, more, poll, run
+from .conftest import deploy_vars, load, more, poll, run
 
 
 def cluster() -> dict:
@@ -183,3 +183,45 @@ def test_a_rolling_restart_goes_through_the_cluster_and_fails_no_request(lab, no
     print(f"during the restart ({took:.1f} s): {writes.result.sent} writes, {reads.result.sent} "
           f"reads, {len(failed)} failed")
     assert not failed, [(s.status, s.error) for s in failed][:10]
+
+
+def test_a_deploy_that_changes_mariadbs_configuration_restarts_it_through_the_cluster(
+        lab, nodes, tmp_path):
+    """Under the cluster the playbook restarts no MariaDB; the deploy then restarts the nodes
+    whose configuration changed through the engine (here one replica's, a deploy limited to
+    it): it runs the new value afterwards, the others were not restarted, none is left
+    pending, and no request fails meanwhile."""
+    view = json.loads(run("db", "status", "--json").stdout)["nodes"]
+    replica = next(n["name"] for n in view if n["role"] == "replica")
+    others = [n for n in nodes if n != replica]
+
+    def max_connections(node: str) -> str:
+        return lab.ssh(node, "mariadb -N -e 'SELECT @@max_connections'").strip()
+
+    before = max_connections(replica)
+    changed = str(int(before) + 1)
+    try:
+        with load(lab, lab.vips[0], "/messages", header="location", rate=10, timeout=10.0,
+                  method="POST", json_body={"author": "deploy", "body": "config"},
+                  idempotency_keys=True) as writes, \
+                load(lab, lab.vips[1], "/api/messages?limit=5", header="x-db-role",
+                     rate=20) as reads:
+            started = time.monotonic()
+            out = deploy_vars(lab, tmp_path, limit=replica,
+                              database_max_connections=changed).stdout
+            took = time.monotonic() - started
+            more(writes, 10, "writes after the deploy")
+        assert "rolling restart through the cluster" in out, out[-2000:]
+        assert max_connections(replica) == changed
+        for node in others:
+            assert max_connections(node) == before
+            assert _uptime(lab, node) > took, f"{node} was restarted too"
+        view = json.loads(run("db", "status", "--json").stdout)["nodes"]
+        assert not [n["name"] for n in view if n["restart_pending"]]
+        failed = [s for r in (writes.result, reads.result) for s in r.samples if s.failed]
+        print(f"deploy + restart of {replica}: {writes.result.sent} writes, "
+              f"{reads.result.sent} reads, {len(failed)} failed")
+        assert not failed, [(s.status, s.error) for s in failed][:10]
+    finally:
+        deploy_vars(lab, tmp_path, limit=replica)  # the lab's own value, restarted again
+    assert max_connections(replica) == before

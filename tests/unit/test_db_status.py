@@ -35,12 +35,19 @@ class AnsweringFleet(Fleet):
         raise NotImplementedError
 
     def run_on(self, machine, command, timeout=60, stdin=None):
-        assert stdin == db.STATUS_SQL
+        assert (command, stdin) == (db.STATUS_COMMAND, db.STATUS_SQL)
         return subprocess.CompletedProcess([], 0, self.answers[machine], "")
 
 
-def _status(answers: dict[str, str]) -> dict[str, db.NodeStatus]:
-    return {s.name: s for s in db.status(AnsweringFleet(answers))}
+def _status(answers: dict[str, str], config_time: int = 1_700_000_000,
+            started: int = 1_700_000_100) -> dict[str, db.NodeStatus]:
+    """Each node's answer to STATUS_COMMAND: the configuration's mtime, then STATUS_SQL's
+    rows (the server's start time as the first row's last column)."""
+    def full(text: str) -> str:
+        header, values, rest = (text + "\n").split("\n", 2)
+        return f"{config_time}\n{header}\n{values}\t{started}\n{rest}"
+    return {s.name: s for s in db.status(AnsweringFleet({k: full(v)
+                                                          for k, v in answers.items()}))}
 
 
 def test_a_primary_in_semi_sync_and_its_acknowledging_replica():
@@ -103,3 +110,11 @@ esac
                    env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True)
     updates = [c for c in log.read_text().splitlines() if "--update" in c]
     assert updates == ["--promotion=db --node db2 --lifetime reboot --update 231"]
+
+
+def test_a_configuration_newer_than_the_server_is_a_restart_pending():
+    answers = {"db1": HEADER + "0\t0-1-7\t\t3\t1\tON\t1\tOFF\n",
+               "db2": HEADER + "1\t0-1-7\t0-1-7\t1\t1\tOFF\t0\tON\n" + REPLICA_SLAVE_STATUS}
+    assert not any(n.restart_pending for n in _status(answers).values())
+    pending = _status(answers, config_time=1_700_000_200, started=1_700_000_100)
+    assert all(n.restart_pending for n in pending.values())

@@ -139,3 +139,10 @@ def test_the_labs_own_inventory_needs_the_labs_secrets(tmp_path: Path):
     assert not (lab_dir / ".hastack-secrets").exists()
     # reading needs no secrets: operations on it work as on any inventory
     assert InventoryFleet(path).ssh_argv("db1")[-1] == "198.19.0.41"
+
+
+@pytest.mark.parametrize(("limit", "touches"), [
+    ("database", True), ("web,db2", True), ("db_replica", True), ("app:web", False),
+    ("monitoring", False), ("web1", False)])
+def test_a_limited_deploy_settles_the_database_only_when_it_names_db_nodes(limit, touches):
+    assert fleet._touches_database(limit, topology.load(None)) is touches

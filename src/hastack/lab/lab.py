@@ -158,6 +158,7 @@ class Lab(Fleet):
         """Run the playbook; the lab counts as deployed only once it succeeded."""
         self.deployed.unlink(missing_ok=True)
         deploy.run(self.inventory, self.secrets, console)
+        self.settle_database(console)
         self.deployed.write_text(self._fingerprint())
 
     def _fenced(self, topo: Topology) -> list[str]:
