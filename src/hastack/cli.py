@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from hastack import backup, cluster, db, dbrestart, lb, promotion, topology
+from hastack import backup, cluster, db, dbreseed, dbrestart, lb, promotion, topology
 from hastack import bench as benchmark
 from hastack import status as monitoring_status
 from hastack.chaos import catalog as chaos_catalog
@@ -351,6 +351,14 @@ def db_failover(target: Annotated[str | None, typer.Argument(
     """Promote a replica after the primary is lost, while automatic failover is off: the
     cluster fences the old primary if it still counts as running, then promotes."""
     promotion.failover(_fleet(inventory), out, target, force)
+
+
+@db_app.command("reseed")
+def db_reseed(node: Annotated[str, typer.Argument(help="the replica to re-seed, e.g. db2")],
+              inventory: InventoryOpt = None) -> None:
+    """Replace a replica's data that can no longer follow the primary (diverged) by a fresh
+    full backup, through the cluster; its old data is kept aside on the node."""
+    dbreseed.reseed(_fleet(inventory), node, out)
 
 
 @db_app.command("restart")

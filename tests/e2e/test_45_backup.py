@@ -247,3 +247,39 @@ def test_the_restore_drill_equals_a_replica_and_leaves_it_replicating(lab, backu
             "query": f'hastack_db_restore_drill_success{{machine="{backup_machine}"}} == 1'})
         return r.json()["data"]["result"]
     poll(exported, 60, "the drill's success in Prometheus")
+
+
+def test_a_diverged_replica_is_reseeded_from_a_fresh_backup_and_replicates_again(
+        lab, backup_machine):
+    """A replica that took a write of its own (its own GTID, which the primary never had)
+    stops replicating once the primary writes on; `hastack db reseed` replaces its data by a
+    fresh backup through the cluster: it replicates again, the stray row is gone and its
+    table equals the primary's (CHECKSUM TABLE)."""
+    nodes = json.loads(run("db", "status", "--json").stdout)["nodes"]
+    primary = next(n["name"] for n in nodes if n["role"] == "primary")
+    replica = next(n["name"] for n in nodes if n["role"] == "replica")
+    line = one_line_error(run("db", "reseed", primary, check=False))
+    assert f"{primary} is the primary" in line, line
+    stray = f"stray {uuid.uuid4()}"
+    lab.ssh(replica, "mariadb foobar -e \"INSERT INTO messages (author, body) "
+                     f"VALUES ('reseed', '{stray}')\"")  # root may write past read_only
+    with lab.client(lab.vips[0]) as c:
+        def diverged() -> bool:
+            assert c.post("/messages", json={"author": "reseed", "body": "after"}
+                          ).status_code == 201
+            st = {n["name"]: n for n in json.loads(run("db", "status", "--json").stdout)
+                  ["nodes"]}[replica]
+            return st["role"] != "replica" or st["sql_running"] != "Yes"
+        poll(diverged, 60, f"{replica} no longer replicating", interval=1)
+    print(run("db", "reseed", replica).stdout)
+    st = {n["name"]: n for n in json.loads(run("db", "status", "--json").stdout)["nodes"]}
+    assert (st[replica]["role"], st[replica]["io_running"], st[replica]["sql_running"]) == (
+        "replica", "Yes", "Yes")
+    assert st[primary]["role"] == "primary"
+    assert lab.ssh(replica, "mariadb -N foobar -e \"SELECT COUNT(*) FROM messages WHERE "
+                            f"body = '{stray}'\"").strip() == "0"
+    gtid = lab.ssh(primary, "mariadb -N -e 'SELECT @@gtid_binlog_pos'").strip()
+    lab.ssh(replica, f"mariadb -N -e \"SELECT MASTER_GTID_WAIT('{gtid}', 30)\"")
+    sums = {n: lab.ssh(n, "mariadb -N -e 'CHECKSUM TABLE foobar.messages'").split()[-1]
+            for n in (primary, replica)}
+    assert len(set(sums.values())) == 1, sums
