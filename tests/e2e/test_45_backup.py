@@ -103,6 +103,20 @@ def test_the_backup_metrics_reach_prometheus(lab, backup_machine):
         return result and abs(float(result[0]["value"][1]) - newest["finished"]) < 0.01
     poll(exported, 60, "the newest backup's time in Prometheus")
 
+    # the binary log copy's recovery point: under writes, it keeps up within seconds
+    primary = next(n["name"] for n in json.loads(run("db", "status", "--json").stdout)["nodes"]
+                   if n["role"] == "primary")
+    rpo = (f'time() - hastack_db_binlog_copy_caught_up_timestamp_seconds{{machine='
+           f'"{backup_machine}",node="{primary}"}}')
+    with lab.client(lab.vips[0]) as c:
+        def recent() -> bool:
+            assert c.post("/messages", json={"author": "rpo", "body": "x"}).status_code == 201
+            r = httpx.get(f"http://{mon}:{PROMETHEUS_PORT}/api/v1/query", timeout=5,
+                          params={"query": rpo}).json()["data"]["result"]
+            return bool(r) and float(r[0]["value"][1]) < 30
+        poll(recent, 60, f"the binlog copy of {primary} caught up, seen by Prometheus",
+             interval=1)
+
 
 def test_an_unreachable_source_is_one_clear_line_and_nothing_half_made(lab, backup_machine):
     before = [b["name"] for b in kept(lab)]

@@ -147,3 +147,25 @@ def test_after_a_change_of_primary_the_copy_reaching_furthest_is_replayed(prog, 
     with pytest.raises(prog.BackupError, match=r"^no node's copied binary logs continue from "
                                                r"the backup's GTID 0-41-2 "):
         prog.binlogs_to_replay(tmp_path, "0-41-2")
+
+
+def test_the_binlog_copy_lag_counts_what_the_primary_has_and_the_copy_not(tmp_path: Path):
+    follow = load("backup", "hastack-binlog-follow")
+    (tmp_path / "db1-bin.000001").write_bytes(b"x" * 100)
+    (tmp_path / "db1-bin.000002").write_bytes(b"x" * 40)
+    assert follow.lag_bytes([("db1-bin.000001", 100), ("db1-bin.000002", 40)], tmp_path) == 0
+    assert follow.lag_bytes([("db1-bin.000001", 100), ("db1-bin.000002", 50),
+                             ("db1-bin.000003", 7)], tmp_path) == 17
+
+
+def test_the_binlog_copy_metrics_name_the_node_followed(tmp_path: Path):
+    follow = load("backup", "hastack-binlog-follow")
+    textfile = tmp_path / "hastack_db_backup.prom"
+    follow.write_metrics({"textfile": str(textfile)}, "db2", 0, 1700000000.5)
+    text = (tmp_path / "hastack_db_binlog_copy.prom").read_text()
+    assert 'hastack_db_binlog_copy_up{node="db2"} 1' in text
+    assert 'hastack_db_binlog_copy_lag_bytes{node="db2"} 0' in text
+    assert 'hastack_db_binlog_copy_caught_up_timestamp_seconds{node="db2"} 1700000000.500' in text
+    follow.write_metrics({"textfile": str(textfile)}, "", None, None)
+    assert (tmp_path / "hastack_db_binlog_copy.prom").read_text().splitlines()[-1] == (
+        'hastack_db_binlog_copy_up{node=""} 0')
