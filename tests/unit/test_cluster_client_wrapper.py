@@ -25,7 +25,7 @@ def wrapper(tmp_path: Path):
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     values = {"hastack_db_socket": "/run/mysqld/mysqld.sock", "hastack_db_port": 3306,
               "hastack_db_repl_user": "repl", "hastack_machine_tls_dir": "/etc/hastack/tls",
-              "cluster_db_apply_timeout": 20,
+              "cluster_db_apply_timeout": 20, "cluster_db_heartbeat_seconds": 1,
               "cluster_db_repl_client_file": str(tmp_path / "repl.cnf")}
     (tmp_path / "repl.cnf").write_text("[client]\npassword = s3cret\n")
     script = tmp_path / "hastack-cluster-mariadb"
@@ -81,4 +81,5 @@ def test_change_master_gets_tls_and_the_password_from_the_file(wrapper):
                    "MASTER_PASSWORD='x'")
     assert "MASTER_HOST='198.19.0.42'" in sent and "MASTER_PASSWORD='s3cret'" in sent
     assert "MASTER_SSL=1" in sent and "MASTER_SSL_VERIFY_SERVER_CERT=1" in sent
+    assert "MASTER_HEARTBEAT_PERIOD=1," in sent  # a vanished replica is found within seconds
     assert "--password" not in sent
