@@ -169,3 +169,22 @@ def test_the_binlog_copy_metrics_name_the_node_followed(tmp_path: Path):
     follow.write_metrics({"textfile": str(textfile)}, "", None, None)
     assert (tmp_path / "hastack_db_binlog_copy.prom").read_text().splitlines()[-1] == (
         'hastack_db_binlog_copy_up{node=""} 0')
+
+
+def test_copied_binlogs_older_than_the_oldest_backup_are_pruned(prog, tmp_path: Path,
+                                                                  monkeypatch):
+    """A file goes once the next one starts at or before the oldest backup's GTID; the
+    newest of each node stays; a node's files stop at the first one still needed."""
+    starts = {"db1-bin.000002": "0-41-10", "db1-bin.000003": "0-41-20,0-42-3",
+              "db1-bin.000004": "0-41-31", "db2-bin.000008": "0-41-5,0-42-90"}
+    for name in [*starts, "db1-bin.000001", "db2-bin.000007"]:
+        node = "db1" if name.startswith("db1") else "db2"
+        (tmp_path / "binlogs" / node).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "binlogs" / node / name).write_text("x")
+    monkeypatch.setattr(prog, "starts_after", lambda path: starts[path.name])
+    assert prog.prune_binlogs(tmp_path, "0-41-25") == ["db1/db1-bin.000001",
+                                                       "db1/db1-bin.000002"]
+    assert sorted(p.name for p in (tmp_path / "binlogs" / "db1").iterdir()) == [
+        "db1-bin.000003", "db1-bin.000004"]
+    # db2's next file starts after 0-42-90: its older one may hold writes the backup lacks
+    assert (tmp_path / "binlogs" / "db2" / "db2-bin.000007").exists()
