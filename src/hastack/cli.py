@@ -256,6 +256,12 @@ def db_status(as_json: Annotated[bool, typer.Option(
                       "" if n["lag_seconds"] is None else str(n["lag_seconds"]), semi,
                       "" if n["threads_running"] is None else str(n["threads_running"]))
     out.print(table)
+    for n in nodes:
+        if n["replication_error"]:
+            hint = (f" (its data diverged from the primary's: `hastack db reseed {n['name']}`)"
+                    if n["diverged"] else "")
+            out.print(f"{n['name']}: replication error {n['replication_error']}{hint}",
+                      highlight=False, markup=False)
     pending = [n["name"] for n in nodes if n["restart_pending"]]
     if pending:
         out.print(f"restart pending (configuration changed since the server started): "

@@ -36,6 +36,12 @@ CONFIG_FILE = "/etc/mysql/mariadb.conf.d/60-hastack.cnf"
 STATUS_COMMAND = f"stat -c %Y {CONFIG_FILE} 2>/dev/null || echo 0; mariadb -B"
 
 
+# Replication errors that mean a replica holds a GTID its primary never had: 1950, its SQL
+# thread met an out-of-order GTID (strict mode); 1236, the primary's binlog lacks the position
+# the replica asks for.
+DIVERGED_ERRNOS = {"1950", "1236"}
+
+
 @dataclass
 class NodeStatus:
     name: str
@@ -60,6 +66,10 @@ class NodeStatus:
     semi_sync_replicas: int | None = None
     # its configuration changed after the server started: applies at its next start
     restart_pending: bool = False
+    # a replica's last replication error ("errno: text"), and whether it says the node's data
+    # diverged from its primary's (a GTID the primary never had: `hastack db reseed`)
+    replication_error: str = ""
+    diverged: bool = False
     error: str = ""
 
 
@@ -100,6 +110,10 @@ def node_status(fleet: Fleet, topo: Topology, node: str) -> NodeStatus:
         st.replicating_from = slave["Master_Host"]
         st.io_running, st.sql_running = slave["Slave_IO_Running"], slave["Slave_SQL_Running"]
         st.gtid_io_pos = slave.get("Gtid_IO_Pos", "")
+        errors = [(slave.get(f"Last_{t}_Errno", "0"), slave.get(f"Last_{t}_Error", ""))
+                  for t in ("SQL", "IO")]
+        st.replication_error = next((f"{n}: {text}" for n, text in errors if n != "0"), "")
+        st.diverged = any(n in DIVERGED_ERRNOS for n, _ in errors)
         lag = slave.get("Seconds_Behind_Master", "NULL")
         st.lag_seconds = None if lag == "NULL" else int(lag)
     if not st.read_only:

@@ -283,8 +283,8 @@ def test_a_diverged_replica_is_reseeded_from_a_fresh_backup_and_replicates_again
                           ).status_code == 201
             st = {n["name"]: n for n in json.loads(run("db", "status", "--json").stdout)
                   ["nodes"]}[replica]
-            return st["role"] != "replica" or st["sql_running"] != "Yes"
-        poll(diverged, 60, f"{replica} no longer replicating", interval=1)
+            return st["diverged"] and st["sql_running"] == "No"
+        poll(diverged, 60, f"{replica} reported diverged (its SQL thread stopped)", interval=1)
     print(run("db", "reseed", replica).stdout)
     st = {n["name"]: n for n in json.loads(run("db", "status", "--json").stdout)["nodes"]}
     assert (st[replica]["role"], st[replica]["io_running"], st[replica]["sql_running"]) == (

@@ -118,3 +118,16 @@ def test_a_configuration_newer_than_the_server_is_a_restart_pending():
     assert not any(n.restart_pending for n in _status(answers).values())
     pending = _status(answers, config_time=1_700_000_200, started=1_700_000_100)
     assert all(n.restart_pending for n in pending.values())
+
+
+def test_a_replica_that_diverged_says_so():
+    stopped = REPLICA_SLAVE_STATUS.replace("Slave_SQL_Running: Yes", "Slave_SQL_Running: No") + (
+        "                 Last_IO_Errno: 0\n                 Last_IO_Error: \n"
+        "                Last_SQL_Errno: 1950\n                Last_SQL_Error: An attempt was "
+        "made to binlog GTID 0-41-653 which would create an out-of-order sequence number with "
+        "existing GTID 0-42-653, and gtid strict mode is enabled\n")
+    nodes = _status({"db1": HEADER + "0\t0-41-653\t\t3\t1\tON\t0\tOFF\n",
+                     "db2": HEADER + "1\t0-42-653\t0-41-652\t2\t1\tOFF\t0\tON\n" + stopped})
+    assert nodes["db2"].diverged
+    assert nodes["db2"].replication_error.startswith("1950: An attempt was made to binlog GTID")
+    assert not nodes["db1"].diverged and nodes["db1"].replication_error == ""
