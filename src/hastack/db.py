@@ -134,6 +134,18 @@ def status_dicts(fleet: Fleet) -> list[dict[str, Any]]:
     return [asdict(s) for s in status(fleet)]
 
 
+def sole_primary(nodes: dict[str, NodeStatus], node: str) -> NodeStatus:
+    """The one writable node, after checking `node` is a DB node: what an operation that
+    names a node and needs the primary refuses first."""
+    if node not in nodes:
+        raise HastackError(f"'{node}' is not a database node; nodes: {', '.join(nodes)}")
+    primaries = [s for s in nodes.values() if s.role == "primary"]
+    if len(primaries) != 1:
+        raise HastackError(f"expected exactly one writable primary, found "
+                           f"{', '.join(p.name for p in primaries) or 'none'}; fix that first")
+    return primaries[0]
+
+
 def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.0
                ) -> dict[str, float]:
     """Planned promotion of a replica, through the cluster engine, losing no acknowledged write.
@@ -147,13 +159,7 @@ def switchover(fleet: Fleet, target: str, console: Console, timeout: float = 60.
     inventory's db_primary names only the first primary.
     """
     nodes = {s.name: s for s in status(fleet)}
-    if target not in nodes:
-        raise HastackError(f"'{target}' is not a database node; nodes: {', '.join(nodes)}")
-    primaries = [s for s in nodes.values() if s.role == "primary"]
-    if len(primaries) != 1:
-        raise HastackError(f"expected exactly one writable primary, found "
-                           f"{', '.join(p.name for p in primaries) or 'none'}; fix that first")
-    old = primaries[0]
+    old = sole_primary(nodes, target)
     new = nodes[target]
     if new.name == old.name:
         raise HastackError(f"{target} is already the primary")

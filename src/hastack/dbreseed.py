@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 
 from rich.console import Console
 
@@ -59,15 +58,6 @@ def _ban(fleet: Fleet, node: str, how: list[str], what: str) -> None:
                              node, "--quiet"], what)
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise HastackError(f"{what} did not happen within {timeout:.0f} s; see `hastack "
-                               "db status` (the cluster's view)")
-        time.sleep(0.5)
-
-
 def _ship(fleet: Fleet, source: str, name: str, node: str) -> None:
     """The prepared backup from the backup machine to the node, piped through here."""
     sender = subprocess.Popen(fleet.ssh_argv(source, ["hastack-db-backup", "ship", name]),
@@ -85,14 +75,7 @@ def _ship(fleet: Fleet, source: str, name: str, node: str) -> None:
 def reseed(fleet: Fleet, node: str, console: Console, timeout: float = 300.0
            ) -> dict[str, float | str]:
     """Replace a replica's data by a fresh full backup; back once it replicates again."""
-    nodes = {n.name: n for n in db.status(fleet)}
-    if node not in nodes:
-        raise HastackError(f"'{node}' is not a database node; nodes: {', '.join(nodes)}")
-    primaries = [n for n in nodes.values() if n.role == "primary"]
-    if len(primaries) != 1:
-        raise HastackError(f"expected exactly one writable primary to copy from, found "
-                           f"{', '.join(p.name for p in primaries) or 'none'}; fix that first")
-    if primaries[0].name == node:
+    if db.sole_primary({n.name: n for n in db.status(fleet)}, node).name == node:
         raise HastackError(f"{node} is the primary: `hastack db switchover` to another node "
                            "first, if its data is really the one to throw away")
     source = backup.backup_machine(fleet)  # checked before anything changes
@@ -101,7 +84,7 @@ def reseed(fleet: Fleet, node: str, console: Console, timeout: float = 300.0
     console.print(f"{node}: stopped by the cluster (a ban) while its data is replaced")
     _ban(fleet, node, ["--ban", "--lifetime", BAN_LIFETIME], f"banning MariaDB from {node}")
     try:
-        _wait(f"the cluster stopping {node}'s MariaDB",
+        dbrestart.wait_for(f"the cluster stopping {node}'s MariaDB",
               lambda: db.node_status(fleet, topo, node).role == "down", timeout)
         taken = backup.take(fleet)
         console.print(f"backup {taken['name']} taken from {taken['source']} at GTID "
@@ -120,7 +103,7 @@ def reseed(fleet: Fleet, node: str, console: Console, timeout: float = 300.0
         return (st.role == "replica" and (st.io_running, st.sql_running) == ("Yes", "Yes")
                 and st.lag_seconds == 0)
 
-    _wait(f"{node} replicating from the primary", replicating, timeout)
+    dbrestart.wait_for(f"{node} replicating from the primary", replicating, timeout)
     took = time.monotonic() - started
     console.print(f"{node} replicates again from GTID {taken['gtid']} ({took:.1f} s); its "
                   f"old data is kept in {DIVERGED}")

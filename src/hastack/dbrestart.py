@@ -47,7 +47,7 @@ def order(nodes: list[db.NodeStatus], only: list[str] | None = None) -> tuple[li
         primary if primary in wanted else "")
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.3) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.3) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -65,7 +65,7 @@ def restart_replica(fleet: Fleet, node: str, timeout: float = 180.0) -> dict[str
                              "--lifetime", BAN_LIFETIME, "--quiet"],
                       f"banning the database instance from {node} (to stop it)")
     try:
-        _wait(f"the cluster stopping {node}'s MariaDB",
+        wait_for(f"the cluster stopping {node}'s MariaDB",
               lambda: db.node_status(fleet, topo, node).role == "down", timeout)
         stopped = time.monotonic() - started
     finally:
@@ -77,7 +77,7 @@ def restart_replica(fleet: Fleet, node: str, timeout: float = 180.0) -> dict[str
         return (st.role == "replica" and (st.io_running, st.sql_running) == ("Yes", "Yes")
                 and st.lag_seconds == 0)
 
-    _wait(f"{node} replicating again after its restart", replicating, timeout)
+    wait_for(f"{node} replicating again after its restart", replicating, timeout)
     return {"stopped_s": round(stopped, 2), "back_s": round(time.monotonic() - started, 2)}
 
 
