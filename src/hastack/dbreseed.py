@@ -85,7 +85,7 @@ def reseed(fleet: Fleet, node: str, console: Console, timeout: float = 300.0
     _ban(fleet, node, ["--ban", "--lifetime", BAN_LIFETIME], f"banning MariaDB from {node}")
     try:
         dbrestart.wait_for(f"the cluster stopping {node}'s MariaDB",
-              lambda: db.node_status(fleet, topo, node).role == "down", timeout)
+                           lambda: db.node_status(fleet, topo, node).role == "down", timeout)
         taken = backup.take(fleet)
         console.print(f"backup {taken['name']} taken from {taken['source']} at GTID "
                       f"{taken['gtid']}; copying it to {node}")

@@ -66,7 +66,7 @@ def restart_replica(fleet: Fleet, node: str, timeout: float = 180.0) -> dict[str
                       f"banning the database instance from {node} (to stop it)")
     try:
         wait_for(f"the cluster stopping {node}'s MariaDB",
-              lambda: db.node_status(fleet, topo, node).role == "down", timeout)
+                 lambda: db.node_status(fleet, topo, node).role == "down", timeout)
         stopped = time.monotonic() - started
     finally:
         fleet.run_checked(node, ["crm_resource", "--resource", CLONE, "--clear", "--node", node,
