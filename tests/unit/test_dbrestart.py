@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from rich.console import Console
 
+from hastack import db as dbmod
+from hastack import dbrestart
 from hastack.db import NodeStatus
 from hastack.dbrestart import order
 from hastack.errors import HastackError
@@ -39,3 +42,27 @@ def test_what_cannot_roll_is_refused_before_anything(nodes, only, message):
     with pytest.raises(HastackError) as exc:
         order(nodes, only)
     assert message in str(exc.value)
+
+
+def test_after_a_deploy_only_the_nodes_running_an_older_configuration_are_restarted(
+        monkeypatch):
+    nodes = [node("db1", "primary"), node("db2", "replica"), node("db3", "replica")]
+    nodes[2].restart_pending = True
+    monkeypatch.setattr(dbmod, "status", lambda fleet: nodes)
+    calls = []
+    monkeypatch.setattr(dbrestart, "rolling_restart",
+                        lambda fleet, console, only: calls.append(only) or {"db3": {}})
+    assert dbrestart.restart_pending(None, Console()) == {"db3": {}}
+    assert calls == [["db3"]]
+    nodes[2].restart_pending = False
+    assert dbrestart.restart_pending(None, Console()) == {} and calls == [["db3"]]
+
+
+def test_a_pending_restart_that_cannot_roll_is_said_and_left_pending(monkeypatch):
+    nodes = [node("db1", "primary"), node("db2", "replica", sql="No")]
+    nodes[0].restart_pending = True
+    monkeypatch.setattr(dbmod, "status", lambda fleet: nodes)
+    console = Console(record=True, width=200)
+    assert dbrestart.restart_pending(None, console) == {}
+    said = console.export_text()
+    assert "not restarted" in said and "db2 (replica, IO Yes, SQL No)" in said
