@@ -156,6 +156,9 @@ def test_the_binlog_copy_lag_counts_what_the_primary_has_and_the_copy_not(tmp_pa
     assert follow.lag_bytes([("db1-bin.000001", 100), ("db1-bin.000002", 40)], tmp_path) == 0
     assert follow.lag_bytes([("db1-bin.000001", 100), ("db1-bin.000002", 50),
                              ("db1-bin.000003", 7)], tmp_path) == 17
+    # a file pruned after a backup held it (older than any kept here) is not owed
+    assert follow.lag_bytes([("db1-bin.000000", 500), ("db1-bin.000001", 100),
+                             ("db1-bin.000002", 40)], tmp_path) == 0
 
 
 def test_the_binlog_copy_metrics_name_the_node_followed(tmp_path: Path):
