@@ -98,12 +98,8 @@ def reseed(fleet: Fleet, node: str, console: Console, timeout: float = 300.0
     # forget its failures, so the cluster starts it now rather than after failure-timeout
     _ban(fleet, node, ["--cleanup"], f"clearing {node}'s failures")
 
-    def replicating() -> bool:
-        st = db.node_status(fleet, topo, node)
-        return (st.role == "replica" and (st.io_running, st.sql_running) == ("Yes", "Yes")
-                and st.lag_seconds == 0)
-
-    dbrestart.wait_for(f"{node} replicating from the primary", replicating, timeout)
+    dbrestart.wait_for(f"{node} replicating from the primary",
+                       lambda: dbrestart.caught_up(fleet, topo, node), timeout)
     took = time.monotonic() - started
     console.print(f"{node} replicates again from GTID {taken['gtid']} ({took:.1f} s); its "
                   f"old data is kept in {DIVERGED}")

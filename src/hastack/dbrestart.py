@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 
@@ -56,6 +57,13 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
         time.sleep(interval)
 
 
+def caught_up(fleet: Fleet, topo: Any, node: str) -> bool:
+    """The node replicates, both threads running, with no lag."""
+    st = db.node_status(fleet, topo, node)
+    return (st.role == "replica" and (st.io_running, st.sql_running) == ("Yes", "Yes")
+            and st.lag_seconds == 0)
+
+
 def restart_replica(fleet: Fleet, node: str, timeout: float = 180.0) -> dict[str, float]:
     """Stop and start one replica's instance through the engine; back once it replicates
     again with no lag."""
@@ -72,12 +80,8 @@ def restart_replica(fleet: Fleet, node: str, timeout: float = 180.0) -> dict[str
         fleet.run_checked(node, ["crm_resource", "--resource", CLONE, "--clear", "--node", node,
                                  "--quiet"], f"clearing the ban of {node}")
 
-    def replicating() -> bool:
-        st = db.node_status(fleet, topo, node)
-        return (st.role == "replica" and (st.io_running, st.sql_running) == ("Yes", "Yes")
-                and st.lag_seconds == 0)
-
-    wait_for(f"{node} replicating again after its restart", replicating, timeout)
+    wait_for(f"{node} replicating again after its restart",
+             lambda: caught_up(fleet, topo, node), timeout)
     return {"stopped_s": round(stopped, 2), "back_s": round(time.monotonic() - started, 2)}
 
 
