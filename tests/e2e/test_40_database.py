@@ -264,13 +264,32 @@ def test_switchover_keeps_every_acknowledged_write(lab):
     assert not failed, [(s.status, s.error) for s in failed][:10]
 
 
+def started(lab, node: str) -> int:
+    """When the node's mariadbd started (Unix time, s)."""
+    return int(sql(lab, node, "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM "
+                              "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'"))
+
+
 def test_added_replica_is_seeded_from_the_primary(lab, tmp_path: Path):
     with lab.client(lab.vips[0]) as c:
         before = write(c, f"before db3 {uuid.uuid4()}")
+    running = {n: started(lab, n) for n in db_nodes(lab)}
     topology = tmp_path / "three-dbs.toml"
     topology.write_text("[counts]\nreplicas = 2\n")
-    run("up", "-t", str(topology))
+    # Adding a node is a deploy: the site keeps serving reads and writes meanwhile, and the
+    # nodes already there keep running (a changed node list used to restart all of them).
+    with load(lab, lab.vips[0], "/api/messages?limit=5", header="x-lb", rate=20) as reads, \
+         load(lab, lab.vips[1], "/messages", header="location", rate=10, timeout=10.0,
+              method="POST", json_body={"author": "db3", "body": "added"},
+              idempotency_keys=True) as writes:
+        run("up", "-t", str(topology))
+        more(writes, 10, "writes after db3 joined")
     lab.refresh()
+    restarted = {n: started(lab, n) for n in running}
+    assert all(abs(restarted[n] - t) <= 1 for n, t in running.items()), (running, restarted)
+    for bg in (reads, writes):
+        failed = [s for s in bg.result.samples if s.failed]
+        assert not failed, [(s.status, s.error) for s in failed][:10]
     assert "db3" in replicas(lab)
     assert sql(lab, "db3", f"SELECT COUNT(*) FROM messages WHERE id={before}") == "1"
     with lab.client(lab.vips[0]) as c:
