@@ -1,17 +1,18 @@
 """Automatic failover of the database primary on a running lab (`hastack up`): one JSON object.
 
-Per fault on the primary of the moment (mariadbd SIGKILLed, machine powered off, private link
-cut), under steady writes through the site (hastack.chaos.dbfailover): detection (fault ->
-the cluster fenced or stopped the old primary, from its own log), promotion (fault -> a
-replica writable), write outage (longest time without an acknowledged write), acknowledged
-writes lost (goal 0), writes refused, split-brain writers (goal none), rejoin of the old
-primary as a replica; then the cluster stack's memory per DB node.
+Per fault on the primary of the moment (mariadbd SIGKILLed, mariadbd hung (SIGSTOP), machine
+powered off, private link cut), under steady writes through the site
+(hastack.chaos.dbfailover): detection (fault -> the cluster fenced or stopped the old primary,
+from its own log), promotion (fault -> a replica writable), write outage (longest time without
+an acknowledged write), acknowledged writes lost (goal 0), writes refused, split-brain writers
+(goal none), rejoin of the old primary as a replica; then the cluster stack's memory per DB
+node.
 
 The cost of semi-sync (throughput and p99 of commits with and without, same run) and the
 switchover are in bench/db_tier.py.
 
-    .venv/bin/python bench/db_failover.py [--faults mariadbd-killed,power-off,link-cut]
-                                          [--rate 20] [--runs 1]
+    .venv/bin/python bench/db_failover.py
+        [--faults mariadbd-killed,mariadbd-hung,power-off,link-cut] [--rate 20] [--runs 1]
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def detection_s(lab: Lab, outcome: dbfailover.Outcome) -> float | None:
     one is lost or failed (corosync membership, or the cluster seeing mariadbd gone)."""
     fault = outcome.fault_wall
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(fault - 2))
-    # a crashed mariadbd is seen by its own node's monitor; a lost node by the others
-    witness = outcome.old_primary if outcome.fault == "mariadbd-killed" else outcome.new_primary
+    # a crashed or hung mariadbd is seen by its own node's monitor; a lost node by the others
+    witness = (outcome.old_primary if outcome.fault.startswith("mariadbd-")
+               else outcome.new_primary)
     out = lab.run_on(witness, f"journalctl -o short-unix --since '{since}' "
                      "--no-pager -u corosync -u pacemaker", timeout=30).stdout
     pattern = re.compile(r"Members left: |Result of monitor operation for db on \S+: "

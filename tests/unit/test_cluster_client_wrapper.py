@@ -26,6 +26,7 @@ def wrapper(tmp_path: Path):
     values = {"hastack_db_socket": "/run/mysqld/mysqld.sock", "hastack_db_port": 3306,
               "hastack_db_repl_user": "repl", "hastack_machine_tls_dir": "/etc/hastack/tls",
               "cluster_db_apply_timeout": 20, "cluster_db_heartbeat_seconds": 1,
+              "cluster_db_hung_seconds": 2,
               "cluster_db_repl_client_file": str(tmp_path / "repl.cnf")}
     (tmp_path / "repl.cnf").write_text("[client]\npassword = s3cret\n")
     script = tmp_path / "hastack-cluster-mariadb"

@@ -22,7 +22,7 @@ from hastack.errors import HastackError
 from hastack.fleet import Fleet
 from hastack.loadgen import BackgroundLoad
 
-FAULTS = ("mariadbd-killed", "power-off", "link-cut")
+FAULTS = ("mariadbd-killed", "mariadbd-hung", "power-off", "link-cut")
 TABLE = "foobar.messages"
 
 
@@ -71,6 +71,8 @@ def primary_now(fleet: Fleet, nodes: list[str]) -> list[str]:
 def inject(fleet: Fleet, fault: str, node: str) -> float:
     if fault == "mariadbd-killed":
         return primitives.crash_mariadbd(fleet, node)
+    if fault == "mariadbd-hung":
+        return primitives.hang_mariadbd(fleet, node)
     if not fleet.physical_faults:
         raise HastackError(f"'{fault}' needs the lab's hands (power, cables)")
     if fault == "power-off":
@@ -81,10 +83,13 @@ def inject(fleet: Fleet, fault: str, node: str) -> float:
 
 
 def heal(fleet: Fleet, fault: str, node: str) -> None:
-    """Undo what the cluster does not: a cut cable. A killed mariadbd is restarted by the
-    cluster, a powered-off node is powered on by its fencing (reboot)."""
+    """Undo what the cluster does not: a cut cable, a stopped process it did not kill. A
+    killed mariadbd is restarted by the cluster, a powered-off node is powered on by its
+    fencing (reboot)."""
     if fault == "link-cut":
         primitives.restore_link(node, "private")
+    if fault == "mariadbd-hung":
+        primitives.unhang_mariadbd(fleet, node)
 
 
 def run(fleet: Fleet, fault: str, rate: float = 20, before: int = 40, after: int = 60,

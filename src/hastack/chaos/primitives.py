@@ -44,6 +44,18 @@ def crash_mariadbd(fleet: Fleet, machine: str) -> float:
     return remote_at(fleet, machine, "kill -KILL $(cat /run/mysqld/mysqld.pid)")
 
 
+def hang_mariadbd(fleet: Fleet, machine: str) -> float:
+    """SIGSTOP the node's mariadbd: it holds its connections and answers nothing (a hang:
+    a deadlock inside the server looks the same from outside)."""
+    return remote_at(fleet, machine, "kill -STOP $(cat /run/mysqld/mysqld.pid)")
+
+
+def unhang_mariadbd(fleet: Fleet, machine: str) -> float:
+    """SIGCONT whatever mariadbd the pid file names (nothing if the cluster killed it)."""
+    return remote_at(fleet, machine, "sh -c 'kill -CONT $(cat /run/mysqld/mysqld.pid) "
+                                     "2>/dev/null || true'")
+
+
 def after_mariadbd_crash(fleet: Fleet, machine: str) -> float:
     """What an operator does after a crash: start it again if systemd runs it; under the
     cluster (mariadb.service disabled) nothing: the cluster restarts it as a replica."""
