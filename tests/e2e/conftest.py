@@ -36,6 +36,17 @@ def run(*args: str, check: bool = True, timeout: float = 1200,
     return result
 
 
+def db_roles() -> dict[str, str]:
+    """Each DB node's role now (`hastack db status`): failovers in earlier tests may have
+    swapped the inventory's db-primary and db-replica."""
+    return {n["name"]: n["role"] for n in json.loads(run("db", "status", "--json").stdout)["nodes"]}
+
+
+def in_role(role: str) -> list[str]:
+    """The DB nodes that have `role` now ("primary", "replica")."""
+    return [name for name, r in db_roles().items() if r == role]
+
+
 def deploy_vars(lab: Lab, tmp_path: Path, check: bool = True, *, limit: str | None = None,
                 **variables: object) -> subprocess.CompletedProcess[str]:
     """`hastack deploy -i` of the lab's own inventory (its secrets too) with extra all.vars,

@@ -17,7 +17,7 @@ import uuid
 import httpx
 import pytest
 
-from .conftest import one_line_error, poll, run
+from .conftest import db_roles, in_role, one_line_error, poll, run
 
 PROMETHEUS_PORT = 9090
 BACKUP_CONFIG = "/etc/hastack/backup.json"  # the backup role's
@@ -241,9 +241,7 @@ def test_the_restore_drill_equals_a_replica_and_leaves_it_replicating(lab, backu
         for i in range(5):
             assert c.post("/messages", json={"author": "drill-e2e", "body": f"{i}"}
                           ).status_code == 201
-    # the replicas of the moment: earlier failovers may have swapped the inventory's roles
-    replicas = [n["name"] for n in json.loads(run("db", "status", "--json").stdout)["nodes"]
-                if n["role"] == "replica"]
+    replicas = in_role("replica")
     out = run("db", "drill").stdout
     passed = re.search(r"restore drill passed: \S+ \+ \d+ transactions restored to (\S+)'s "
                        r"GTID \d+-\d+-\d+ in [\d.]+ s; 3 tables equal \(CHECKSUM TABLE\)", out)
@@ -273,9 +271,9 @@ def test_a_diverged_replica_is_reseeded_from_a_fresh_backup_and_replicates_again
     stops replicating once the primary writes on; `hastack db reseed` replaces its data by a
     fresh backup through the cluster: it replicates again, the stray row is gone and its
     table equals the primary's (CHECKSUM TABLE)."""
-    nodes = json.loads(run("db", "status", "--json").stdout)["nodes"]
-    primary = next(n["name"] for n in nodes if n["role"] == "primary")
-    replica = next(n["name"] for n in nodes if n["role"] == "replica")
+    roles = db_roles()
+    primary = next(n for n, r in roles.items() if r == "primary")
+    replica = next(n for n, r in roles.items() if r == "replica")
     line = one_line_error(run("db", "reseed", primary, check=False))
     assert f"{primary} is the primary" in line, line
     stray = f"stray {uuid.uuid4()}"

@@ -19,7 +19,7 @@ from hastack import alerthistory, siteclient
 from hastack.chaos import primitives
 from hastack.lab.lab import Lab as LabApi
 
-from .conftest import deploy_with, poll, run
+from .conftest import deploy_with, in_role, poll, run
 
 PROMETHEUS_PORT = 9090
 RESOLVED_BUDGET = 25  # scrape 5 s + evaluation 5 s + Alertmanager's group_interval 15 s
@@ -82,9 +82,7 @@ def test_a_dead_nginx_fires_the_backend_alert_and_it_resolves(lab, mon):
 
 
 def test_a_stopped_sql_thread_fires_the_replication_alert(lab, mon):
-    # a replica of the moment: failovers in earlier tests may have swapped the inventory's roles
-    replica = next(n["name"] for n in json.loads(run("db", "status", "--json").stdout)["nodes"]
-                   if n["role"] == "replica")
+    replica = in_role("replica")[0]
     t_fault = time.time()
     lab.ssh(replica, "mariadb -e 'STOP SLAVE SQL_THREAD'")
     try:
@@ -99,8 +97,7 @@ def test_two_writable_nodes_fire_the_split_brain_alert(lab, mon):
     """The alert is the net for when the cluster does not manage the database: a managed
     replica made writable is demoted within a second or two (test_42), too fast to alert on.
     In maintenance mode nothing corrects it, and two writable nodes must be seen."""
-    replica = next(n["name"] for n in json.loads(run("db", "status", "--json").stdout)["nodes"]
-                   if n["role"] == "replica")
+    replica = in_role("replica")[0]
     crm = "crm_attribute --type crm_config --name maintenance-mode"
     lab.ssh(replica, f"{crm} --update true")
     try:
