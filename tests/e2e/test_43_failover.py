@@ -5,7 +5,8 @@ acknowledged by its id (hastack.chaos.dbfailover).
 For each fault on the primary of the moment: a replica is promoted by itself, writes resume,
 every acknowledged write is on every node (tables equal: CHECKSUM TABLE), no other node took
 writes, and the old primary replicates from the new one without a hand on it. Then: a replica
-killed under heavy writes loses nothing and the primary's semi-sync state says so, and a
+killed under heavy writes loses nothing and the primary's semi-sync state says so, a replica
+cut off holds commits only until the cluster has lost it and loses nothing, and a
 redeploy from the original (now stale) inventory changes no role and loses no row.
 """
 
@@ -108,6 +109,66 @@ def test_a_replica_killed_under_heavy_writes_loses_nothing_and_semi_sync_says_so
     # that one does again it is back "on" and reported as such
     poll(lambda: (p := {n["name"]: n for n in db_status()["nodes"]}[primary])["semi_sync"]
          == "on" and p["semi_sync_replicas"] >= 1, 60, "semi-sync on again on the primary")
+
+
+def test_a_replica_cut_off_is_let_go_once_the_cluster_lost_it_and_nothing_is_lost(
+        lab, fleet):
+    """A replica cut off keeps its replication connection open on the primary, and semi-sync
+    commits wait for it until TCP gives that connection up (~5 s). The cluster's alert agent
+    ends it on the quorate primary as soon as the cluster has lost the node: from then on
+    commits do not wait, semi-sync says how many replicas still acknowledge, nothing
+    acknowledged is lost, and the replica catches up once back (fenced, rejoined)."""
+    nodes = {n["name"]: n for n in db_status()["nodes"]}
+    primary = next(n for n, s in nodes.items() if s["role"] == "primary")
+    replicas = [n for n, s in nodes.items() if s["role"] == "replica"]
+    replica = replicas[0]
+    since = int(time.time())
+
+    def let_go() -> str | None:
+        log = fleet.run_checked(primary, f"journalctl -t hastack-cluster-alert --since "
+                                f"@{since} -o cat --no-pager", "the alert agent's log")
+        return next((x for x in log.splitlines() if "ended" in x), None)
+    with load(lab, lab.vips[0], "/messages", header="location", rate=20, timeout=15.0,
+              method="POST", json_body={"author": "replica-cut", "body": "cut"},
+              idempotency_keys=True) as bg:
+        more(bg, 20, "writes before the cut")
+        primitives.cut_link(replica, "private")
+        try:
+            line = poll(let_go, 30, f"{primary} letting {replica}'s connection go")
+            seen = time.monotonic()
+            assert line.startswith(f"{replica} lost, this primary quorate: ended its "
+                                   "replication connection"), line
+            more(bg, 40, "writes while the replica is still cut off")
+            now = {n["name"]: n for n in db_status()["nodes"]}[primary]
+            assert now["semi_sync_replicas"] == len(replicas) - 1, now
+            assert now["semi_sync"] == ("on" if len(replicas) > 1 else "off"), now
+        finally:
+            primitives.restore_link(replica, "private")
+    samples = bg.result.samples
+    # Until the cluster has lost the node, commits wait for it: the site refuses a write it
+    # could not commit in time, and for one health interval after (the primary marked down,
+    # router.check_interval, 1 s), with a 503. Once let go, commits stop waiting for it (TCP
+    # alone would have held them ~5 s): after that interval none refused, none slow.
+    failed = [s for s in samples if s.failed]
+    print("refused, s from the cut being seen:",
+          [(round(s.scheduled - seen, 2), s.status, s.error) for s in failed])
+    assert all(s.status == 503 for s in failed), [(s.status, s.error) for s in failed][:10]
+    after = [s for s in samples if s.scheduled >= seen + 1.0]
+    assert after and not [s for s in after if s.failed]
+    assert max(s.end - s.scheduled for s in after) < 1.0
+    acked = sorted(int(s.header.rsplit("/", 1)[1]) for s in samples
+                   if s.status == 201 and s.header)
+    ids = ",".join(map(str, acked))
+    poll(lambda: (s := {n["name"]: n for n in db_status()["nodes"]}[replica])["role"]
+         == "replica" and s["io_running"] == "Yes" and s["sql_running"] == "Yes", 180,
+         f"{replica} replicating again")
+    for node in (primary, replica):
+        poll(lambda n=node: int(fleet.run_checked(n, "mariadb -B -N", "counting", stdin=(
+            f"SELECT COUNT(*) FROM {dbfailover.TABLE} WHERE id IN ({ids})")).strip())
+            == len(acked), 60, f"every acknowledged write on {node}")
+    poll(lambda: (p := {n["name"]: n for n in db_status()["nodes"]}[primary])["semi_sync"]
+         == "on" and p["semi_sync_replicas"] == len(replicas), 60,
+         "semi-sync on again on the primary, every replica acknowledging")
 
 
 def test_a_redeploy_from_the_original_inventory_changes_no_role_and_loses_nothing(lab, fleet):
