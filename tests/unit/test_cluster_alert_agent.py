@@ -1,6 +1,6 @@
 """The cluster's alert agent (ansible/roles/cluster/templates/hastack-cluster-alert.j2), run for
-real with bash against a stub `mariadb` and `crm_node`: it ends a lost replica's replication
-connection only on a primary that has quorum, never on a cut-off primary."""
+real with bash against stubs of `mariadb` and `corosync-quorumtool`: it ends a lost replica's
+replication connection only on a primary that has quorum, never on a cut-off primary."""
 
 from __future__ import annotations
 
@@ -37,14 +37,16 @@ def alert(tmp_path: Path):
     script.write_text(env.get_template("hastack-cluster-alert.j2").render(values))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    stubs = {"mariadb": MARIADB, "crm_node": '#!/bin/sh\necho "$QUORATE"\n',
+    stubs = {"mariadb": MARIADB,
+             "corosync-quorumtool": '#!/bin/sh\necho "Nodes:            2"\n'
+                                    'echo "Quorate:          $QUORATE"\n',
              "logger": '#!/bin/sh\necho "$*" >> "$LOG"\n'}
     for name, body in stubs.items():
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
     calls, log = tmp_path / "calls", tmp_path / "log"
 
-    def run(kind: str = "node", desc: str = "lost", node: str = "db2", quorate: str = "1",
+    def run(kind: str = "node", desc: str = "lost", node: str = "db2", quorate: str = "Yes",
             read_only: str = "0", dumps: str = "17@198.19.0.42 18@198.19.0.43",
             rc: int = 0) -> tuple[list[str], str]:
         """The KILL statements that reached the server, and what was logged."""
@@ -68,7 +70,7 @@ def test_a_quorate_primary_ends_the_lost_replicas_connection_only(alert):
 
 
 def test_a_primary_without_quorum_ends_nothing_and_says_its_commits_wait(alert):
-    kills, log = alert(quorate="0")
+    kills, log = alert(quorate="No")
     assert kills == []
     assert "no quorum" in log
 
