@@ -2,8 +2,9 @@
 # Install what the controller (this host) needs from Debian, only if something is missing.
 #  systemd-container, debootstrap: the lab machines and their image;  nftables: the firewall
 #  tests load every rendered ruleset into throwaway network namespaces (its service stays off)
-#  openssh-client: Ansible and `hastack ssh`;  wrk: benchmarks;  apache2-utils: ab, the
-#  generator of `hastack bench` (it presents a client certificate, which the direct requests need)
+#  openssh-client: Ansible and `hastack ssh`;  wrk: the generator of `hastack bench` and the
+#  benchmarks;  gcc, libssl-dev: `hastack bench` compiles wrk's client-certificate preload (the
+#  direct requests need one; src/hastack/wrk_clientcert.c)
 #  mariadb-server, openssl: the site's own tests start throwaway MariaDB servers (never the
 #  host's service: it is kept from starting during the install)
 #  prometheus, prometheus-alertmanager, prometheus-blackbox-exporter: promtool, amtool and
@@ -11,7 +12,7 @@
 #  chromium, fonts-dejavu-core: the status page's e2e test renders it headless (screenshot)
 #  fence-agents: the lab's Redfish endpoint is tested with Debian's own fence_redfish
 set -euo pipefail
-packages=(systemd-container debootstrap openssh-client iproute2 util-linux nftables wrk apache2-utils
+packages=(systemd-container debootstrap openssh-client iproute2 util-linux nftables wrk gcc libssl-dev
           mariadb-server mariadb-client openssl gzip
           prometheus prometheus-alertmanager prometheus-blackbox-exporter
           chromium fonts-dejavu-core fence-agents)

@@ -4,21 +4,20 @@ Each request kind goes through a VIP (HAProxy -> nginx -> gunicorn, TLS at every
 the same run with the same generator, straight to one nginx and to one gunicorn; the ratio is
 the VIP's throughput over the direct one's.
 
-The generator is ApacheBench (`ab`, Debian's apache2-utils): it is the packaged load generator
-that presents a client certificate (`-E`), and the direct requests need one, as the tiers
-admit only each other: nginx takes a load balancer's certificate, gunicorn a web server's.
-The direct requests present exactly those, from this environment's secrets. The firewall
-admits the controller's admin address to that nginx and that gunicorn for the run only: a
-rule at the top of their input chain, deleted at the end (a deploy also drops it, as it loads
-the whole table anew), and any left by an interrupted run is deleted before a new one.
-
-ab speaks HTTP/1.0, which HAProxy's cache of static files neither stores nor serves, so one
-more figure, beside the ratios: the static asset through the VIP over HTTP/1.1 (wrk, when
-installed), as browsers get it.
+The generator is wrk (Debian's package): HTTP/1.1 with keep-alive, as browsers speak it (the
+earlier generator, ab, speaks HTTP/1.0, which HAProxy's cache neither stores nor serves). The
+direct requests must present a client certificate, as the tiers admit only each other: nginx
+takes a load balancer's certificate, gunicorn a web server's. wrk has no option for one, so a
+small preload (wrk_clientcert.c, compiled once into the cache) loads exactly those, from this
+environment's secrets, into wrk's TLS context. The firewall admits the controller's admin
+address to that nginx and that gunicorn for the run only: a rule at the top of their input
+chain, deleted at the end (a deploy also drops it, as it loads the whole table anew), and any
+left by an interrupted run is deleted before a new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import resource
@@ -76,7 +75,6 @@ class Measurement:
     target: str
     requests: int
     errors: int
-    keepalive_requests: int
     rps: float
     p50_ms: float | None
     p99_ms: float | None
@@ -84,52 +82,48 @@ class Measurement:
     generator_cores: float  # CPU the generator itself used, in cores
 
 
-def ab_argv(url: str, host: str, seconds: int, concurrency: int, pem: Path | None,
-            body: Path | None) -> list[str]:
-    """ab with keep-alive for `seconds`; -n after -t, so the time limit is what ends it."""
-    argv = ["ab", "-k", "-q", "-r", "-c", str(concurrency), "-t", str(seconds),
-            "-n", "100000000", "-H", f"Host: {host}"]
-    if pem is not None:
-        argv += ["-E", str(pem)]
-    if body is not None:
-        argv += ["-p", str(body), "-T", "application/json"]
+def wrk_argv(url: str, host: str, seconds: int, concurrency: int,
+             script: Path | None = None) -> list[str]:
+    """wrk for `seconds` over `concurrency` kept-alive connections; `script` makes it a POST."""
+    argv = ["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--latency",
+            "-H", f"Host: {host}"]
+    if script is not None:
+        argv += ["-s", str(script)]
     return argv + [url]
 
 
-def parse_ab(text: str) -> dict[str, Any]:
-    """ab's report: requests, errors, req/s, p50/p99 (ms).
-
-    Errors are failed connections, receives and exceptions plus non-2xx answers. ab's
-    "Length" failures are not errors: a page changes length as messages are written.
-    """
-    def number(pattern: str, default: str | None = None) -> float:
-        match = re.search(pattern, text, re.MULTILINE)
-        if match is None:
-            if default is None:
-                raise HastackError(f"ab printed no '{pattern}' line: {text.strip()[-300:]}")
-            return float(default)
-        return float(match.group(1))
-
-    # "Failed requests: N" is followed by "(Connect: c, Receive: r, Length: l, Exceptions: e)"
-    # when N > 0
-    causes = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: \d+, Exceptions: (\d+)\)",
-                       text)
-    failed = sum(int(n) for n in causes.groups()) if causes else 0
-    non_2xx = int(number(r"^Non-2xx responses:\s+(\d+)", "0"))
-    percentile = {p: number(rf"^\s+{p}%\s+(\d+)", "nan") for p in (50, 99)}
-    return {
-        "requests": int(number(r"^Complete requests:\s+(\d+)")),
-        "errors": failed + non_2xx,
-        "keepalive_requests": int(number(r"^Keep-Alive requests:\s+(\d+)", "0")),
-        "rps": number(r"^Requests per second:\s+([\d.]+)"),
-        "p50_ms": None if percentile[50] != percentile[50] else percentile[50],
-        "p99_ms": None if percentile[99] != percentile[99] else percentile[99],
-    }
+def post_script(directory: Path) -> Path:
+    """The wrk script of a write: POST of WRITE_BODY as JSON."""
+    script = directory / "write.lua"
+    body = WRITE_BODY.replace("\\", "\\\\").replace('"', '\\"')
+    script.write_text('wrk.method = "POST"\n'
+                      f'wrk.body = "{body}"\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    return script
 
 
-def wrk_argv(url: str, host: str, seconds: int, concurrency: int) -> list[str]:
-    return ["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--latency",
-            "-H", f"Host: {host}", url]
+def clientcert_preload() -> Path:
+    """wrk_clientcert.c compiled into the cache once per version of it (cc, OpenSSL's headers)."""
+    source = Path(__file__).with_name("wrk_clientcert.c")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    target = paths.cache_dir() / "bench" / f"wrk-clientcert-{digest}.so"
+    if target.is_file():
+        return target
+    if shutil.which("cc") is None:
+        raise HastackError("cc is not installed: the bench compiles a client-certificate "
+                           "preload for wrk; apt-get install gcc libssl-dev (or run 'make deps')")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}")
+    done = subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(partial), str(source),
+                           "-lssl", "-lcrypto", "-ldl"], capture_output=True, text=True)
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        detail = (done.stderr.strip().splitlines() or ["no output"])[0]
+        raise HastackError(f"compiling {source.name} failed: {detail} (needs libssl-dev: "
+                           "apt-get install libssl-dev, or run 'make deps')")
+    partial.chmod(0o755)
+    os.replace(partial, target)
+    return target
 
 
 def _wrk_ms(value: str, unit: str) -> float:
@@ -137,7 +131,8 @@ def _wrk_ms(value: str, unit: str) -> float:
 
 
 def parse_wrk(text: str) -> dict[str, Any]:
-    """wrk's report, in parse_ab's shape (wrk keeps every connection alive)."""
+    """wrk's report: requests, errors (socket errors and non-2xx/3xx answers), req/s,
+    p50/p99 (ms)."""
     done = re.search(r"^\s+(\d+) requests in", text, re.MULTILINE)
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
     if done is None or rps is None:
@@ -150,7 +145,7 @@ def parse_wrk(text: str) -> dict[str, Any]:
     errors = (sum(int(n) for n in socket.groups()) if socket else 0) + (
         int(non_2xx.group(1)) if non_2xx else 0)
     requests = int(done.group(1))
-    return {"requests": requests, "errors": errors, "keepalive_requests": requests,
+    return {"requests": requests, "errors": errors,
             "rps": float(rps.group(1)),
             **{f"p{p}_ms": _wrk_ms(*m.groups()) if m else None for p, m in latency.items()}}
 
@@ -178,7 +173,7 @@ def app_port() -> int:
 
 
 def client_pem(secrets: Path, machine: str, directory: Path) -> Path:
-    """One file with `machine`'s certificate and key, as ab -E wants them (mode 0600)."""
+    """One file with `machine`'s certificate and key (mode 0600)."""
     tls = pki.tls_dir(secrets)
     cert, key = tls / f"{machine}.crt", tls / f"{machine}.key"
     for f in (cert, key):
@@ -218,25 +213,26 @@ def admitted(fleet: Fleet, machine: str, source: str, port: int) -> Iterator[Non
 
 
 def measure(kind: Kind, route: Route, host: str, seconds: int, concurrency: int,
-            pem: Path | None, body: Path | None, tool: str = "ab") -> Measurement:
-    if tool == "wrk":
-        argv, parse = wrk_argv(route.url + kind.path, host, seconds, concurrency), parse_wrk
-    else:
-        argv, parse = ab_argv(route.url + kind.path, host, seconds, concurrency, pem,
-                              body if kind.post else None), parse_ab
+            pem: Path | None, script: Path | None, preload: Path) -> Measurement:
+    argv = wrk_argv(route.url + kind.path, host, seconds, concurrency,
+                    script if kind.post else None)
+    env = dict(os.environ)
+    if pem is not None:  # the certificate chain and the key are both in the one file
+        env.update(LD_PRELOAD=str(preload), HASTACK_WRK_CERT=str(pem), HASTACK_WRK_KEY=str(pem))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
+                            env=env)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if result.returncode != 0 and "requests" not in result.stdout.lower():
-        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise HastackError(f"{tool} could not load {route.url}{kind.path}: {detail} (is the "
+    if result.returncode != 0 or "requests in" not in result.stdout:
+        detail = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines()
+                  or ["no output"])[-1]
+        raise HastackError(f"wrk could not load {route.url}{kind.path}: {detail} (is the "
                            "site up? 'hastack status')")
-    figures = parse(result.stdout)
-    name = route.name if tool == "ab" else f"{route.name}-{tool}"
-    return Measurement(kind.name, name, route.machine or route.url.split("//")[1],
+    figures = parse_wrk(result.stdout)
+    return Measurement(kind.name, route.name, route.machine or route.url.split("//")[1],
                        seconds=round(wall, 1), generator_cores=round(cpu / wall, 2),
                        **figures)
 
@@ -248,9 +244,9 @@ def run(fleet: Fleet, seconds: int = 8, concurrency: int = 16,
         raise HastackError(f"--seconds {seconds}: give 1..{MAX_SECONDS}")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise HastackError(f"--concurrency {concurrency}: give 1..{MAX_CONCURRENCY}")
-    if shutil.which("ab") is None:
-        raise HastackError("ab (ApacheBench) is not installed: apt-get install apache2-utils "
-                           "(or run 'make deps')")
+    if shutil.which("wrk") is None:
+        raise HastackError("wrk is not installed: apt-get install wrk (or run 'make deps')")
+    preload = clientcert_preload()
     topo = fleet.require_topology()
     admin = str(topo.host_private)
     by_name = routes(fleet)
@@ -259,8 +255,7 @@ def run(fleet: Fleet, seconds: int = 8, concurrency: int = 16,
              for r in direct if r.machine}
     results: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="hastack-bench-") as tmp:
-        body = Path(tmp) / "write.json"
-        body.write_text(WRITE_BODY)
+        script = post_script(Path(tmp))
         pems = {r.name: client_pem(fleet.secrets, r.cert, Path(tmp)) for r in direct if r.cert}
         with admitted(fleet, by_name["nginx"].machine or "", admin, 443), \
              admitted(fleet, by_name["gunicorn"].machine or "", admin, app_port()):
@@ -269,18 +264,10 @@ def run(fleet: Fleet, seconds: int = 8, concurrency: int = 16,
                     route = by_name[name]
                     progress(f"{kind.name} via {name} ({route.url}{kind.path}), {seconds} s")
                     # a second unrecorded: connections and TLS sessions opened, caches warm
-                    measure(kind, route, topo.domain, 1, concurrency, pems.get(name), body)
+                    measure(kind, route, topo.domain, 1, concurrency, pems.get(name), script,
+                            preload)
                     results.append(measure(kind, route, topo.domain, seconds, concurrency,
-                                           pems.get(name), body))
-        if shutil.which("wrk"):
-            # ab speaks HTTP/1.0, which HAProxy's cache neither stores nor serves; clients
-            # speak HTTP/1.1 or 2. The same asset through the VIP with wrk (HTTP/1.1): the
-            # cache's share. Another generator, so it is beside the ratios, not in them.
-            progress(f"static via vip, HTTP/1.1 with wrk ({by_name['vip'].url}), {seconds} s")
-            static, vip = KINDS[0], by_name["vip"]
-            measure(static, vip, topo.domain, 1, concurrency, None, None, tool="wrk")
-            results.append(measure(static, vip, topo.domain, seconds, concurrency, None,
-                                   None, tool="wrk"))
+                                           pems.get(name), script, preload))
     return report(results, seconds, concurrency, cores)
 
 
@@ -296,9 +283,10 @@ def report(results: list[Measurement], seconds: int, concurrency: int,
         goal = GOALS.get((kind, route))
         ratios.append({"kind": kind, "direct": route, "ratio": ratio, "goal": goal,
                        "met": None if goal is None else ratio >= goal})
-    version = subprocess.run(["ab", "-V"], capture_output=True, text=True).stdout.split("\n")[0]
+    version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     return {
-        "generator": {"tool": version.strip(), "where": "the controller (this host)",
+        "generator": {"tool": version.strip(), "protocol": "HTTP/1.1 over TLS",
+                      "threads": 2, "where": "the controller (this host)",
                       "cores": os.cpu_count(), "concurrency": concurrency,
                       "keep_alive": True, "seconds": seconds},
         "machine_cores": cores,

@@ -463,11 +463,12 @@ def bench(seconds: Annotated[int, typer.Option(
         out.print(f"{r['kind']}: via VIP / direct to {r['direct']} = {r['ratio']}{goal}",
                   highlight=False)
     machine_cores = ", ".join(f"{k} {v}" for k, v in data["machine_cores"].items())
-    out.print(f"generator: {gen['tool']} on {gen['where']}, {gen['cores']} cores, "
+    out.print(f"generator: {gen['tool']} ({gen['protocol']}, {gen['threads']} threads) on "
+              f"{gen['where']}, {gen['cores']} cores, "
               f"{gen['concurrency']} keep-alive connections, {gen['seconds']} s each, "
               f"at most {max(m['generator_cores'] for m in data['measurements']):.2f} cores "
               f"used by it; cores of the machines answering directly: {machine_cores}",
-              highlight=False)
+              highlight=False, markup=False)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""`hastack bench` on the lab: every kind measured through a VIP and directly, over HTTPS,
-without an error, and the firewall opening it needs gone afterwards."""
+"""`hastack bench` on the lab: every kind measured through a VIP and directly, over HTTPS
+(the direct routes with the client certificate their tier admits), without an error, and the
+firewall opening it needs gone afterwards."""
 
 from __future__ import annotations
 
@@ -21,18 +22,16 @@ def test_each_kind_is_measured_through_a_vip_and_directly(bench_run):
     seen = [(m["kind"], m["route"]) for m in bench_run["measurements"]]
     assert seen == [("static", "vip"), ("static", "nginx"), ("page", "vip"), ("page", "nginx"),
                     ("page", "gunicorn"), ("write", "vip"), ("write", "nginx"),
-                    ("write", "gunicorn"), ("static", "vip-wrk")]
+                    ("write", "gunicorn")]
     for m in bench_run["measurements"]:
         assert m["requests"] > 0 and m["rps"] > 0, m
         assert m["errors"] == 0, m
         assert m["p50_ms"] is not None and m["p99_ms"] >= m["p50_ms"], m
-        # keep-alive held on every route (a write's fresh nginx->gunicorn connection aside,
-        # the client's connection is kept)
-        assert m["keepalive_requests"] >= m["requests"] * 0.9, m
     assert [(r["kind"], r["direct"]) for r in bench_run["ratios"]] == [
         ("static", "nginx"), ("page", "nginx"), ("page", "gunicorn"), ("write", "nginx"),
         ("write", "gunicorn")]
-    assert bench_run["generator"]["tool"].startswith("This is ApacheBench")
+    assert bench_run["generator"]["tool"].startswith("wrk ")
+    assert bench_run["generator"]["protocol"] == "HTTP/1.1 over TLS"
     assert bench_run["generator"]["cores"] >= 1
 
 

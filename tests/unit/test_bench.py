@@ -3,69 +3,32 @@ that must never outlive the run, and bad input refused before anything starts.""
 
 from __future__ import annotations
 
-from pathlib import Path
+import http.server
+import os
+import shutil
+import ssl
+import threading
 from typing import Any
 
 import pytest
 
-from hastack import bench
+from hastack import bench, pki
 from hastack.errors import HastackError
 from hastack.fleet import Fleet
 
-AB_REPORT = """\
-Concurrency Level:      16
-Time taken for tests:   8.001 seconds
-Complete requests:      2398
-Failed requests:        57
-   (Connect: 0, Receive: 2, Length: 54, Exceptions: 1)
-Non-2xx responses:      3
-Keep-Alive requests:    2390
-Requests per second:    299.70 [#/sec] (mean)
 
-Connection Times (ms)
-              min  mean[+/-sd] median   max
-Connect:        0    0   1.1      0      14
-Total:         12   53  21.0     49     262
-
-Percentage of the requests served within a certain time (ms)
-  50%     49
-  66%     57
-  99%    131
- 100%    262 (longest request)
-"""
-
-
-def test_ab_keeps_connections_and_is_ended_by_time():
-    argv = bench.ab_argv("https://198.18.0.100/", "www.foobar.com", 8, 16, None, None)
-    assert argv == ["ab", "-k", "-q", "-r", "-c", "16", "-t", "8", "-n", "100000000",
-                    "-H", "Host: www.foobar.com", "https://198.18.0.100/"]
-    # -n after -t: ab's -t sets -n 50000, which would end a fast run early
-    assert argv.index("-n") > argv.index("-t")
-
-
-def test_a_direct_write_presents_a_certificate_and_a_json_body():
-    argv = bench.ab_argv("https://198.19.0.21:8000/messages", "www.foobar.com", 2, 4,
-                         Path("/t/web1.pem"), Path("/t/write.json"))
-    assert argv[-7:] == ["-E", "/t/web1.pem", "-p", "/t/write.json", "-T",
-                         "application/json", "https://198.19.0.21:8000/messages"]
-
-
-def test_errors_are_failures_and_non_2xx_but_not_a_changing_length():
-    figures = bench.parse_ab(AB_REPORT)
-    assert figures == {"requests": 2398, "errors": 2 + 1 + 3, "keepalive_requests": 2390,
-                       "rps": 299.7, "p50_ms": 49, "p99_ms": 131}
-
-
-def test_a_clean_report_has_no_errors():
-    clean = AB_REPORT.replace("Failed requests:        57\n   (Connect: 0, Receive: 2, "
-                              "Length: 54, Exceptions: 1)\n", "Failed requests:        0\n")
-    clean = clean.replace("Non-2xx responses:      3\n", "")
-    assert bench.parse_ab(clean)["errors"] == 0
-
-
-def test_a_report_without_figures_is_a_clear_error():
-    with pytest.raises(HastackError, match="ab printed no"):
-        bench.parse_ab("apr_socket_connect(): Connection refused (111)\n")
+def test_wrk_keeps_connections_and_a_write_is_a_post_script(tmp_path):
+    script = bench.post_script(tmp_path)
+    assert bench.wrk_argv("https://198.18.0.100/", "www.foobar.com", 8, 16) == [
+        "wrk", "-t2", "-c16", "-d8s", "--latency", "-H", "Host: www.foobar.com",
+        "https://198.18.0.100/"]
+    assert bench.wrk_argv("https://198.19.0.21:8000/messages", "www.foobar.com", 2, 4,
+                          script)[-3:] == ["-s", str(script),
+                                           "https://198.19.0.21:8000/messages"]
+    assert script.read_text() == (
+        'wrk.method = "POST"\n'
+        'wrk.body = "{\\"author\\": \\"bench\\", \\"body\\": \\"hastack bench: one write\\"}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n')
 
 
 WRK_REPORT = """\
@@ -85,23 +48,23 @@ Requests/sec:  22326.12
 
 def test_wrk_figures_in_the_same_shape_with_units_converted():
     assert bench.parse_wrk(WRK_REPORT) == {
-        "requests": 67221, "errors": 3 + 4, "keepalive_requests": 67221, "rps": 22326.12,
+        "requests": 67221, "errors": 3 + 4, "rps": 22326.12,
         "p50_ms": 0.515, "p99_ms": 1530.0}
 
 
 def test_ratios_are_via_vip_over_direct_with_the_issues_goals():
     def m(kind: str, route: str, rps: float) -> bench.Measurement:
-        return bench.Measurement(kind, route, "x", 100, 0, 100, rps, 1, 2, 8, 0.5)
+        return bench.Measurement(kind, route, "x", 100, 0, rps, 1, 2, 8, 0.5)
     data = bench.report([m("static", "vip", 300), m("static", "nginx", 600),
                          m("page", "vip", 270), m("page", "nginx", 300),
-                         m("page", "gunicorn", 400), m("static", "vip-wrk", 900)], 8, 16,
+                         m("page", "gunicorn", 400)], 8, 16,
                         {"web1": "2"})
     assert data["ratios"] == [
         {"kind": "static", "direct": "nginx", "ratio": 0.5, "goal": 0.6, "met": False},
         {"kind": "page", "direct": "nginx", "ratio": 0.9, "goal": None, "met": None},
         {"kind": "page", "direct": "gunicorn", "ratio": 0.68, "goal": 0.6, "met": True}]
     assert data["generator"]["concurrency"] == 16 and data["generator"]["tool"].startswith(
-        "This is ApacheBench")
+        "wrk ")
 
 
 class RecordingFleet(Fleet):
@@ -137,7 +100,7 @@ def test_the_opening_is_removed_when_the_run_fails():
     fleet = RecordingFleet()
     with pytest.raises(RuntimeError), bench.admitted(fleet, "web1", "198.19.0.1", 443):
         assert fleet.rules == {"12": "hastack-bench"}
-        raise RuntimeError("ab died")
+        raise RuntimeError("wrk died")
     assert fleet.rules == {}
     insert = [c for c in fleet.commands if isinstance(c, str)]
     assert insert == ["nft insert rule inet hastack input ip saddr 198.19.0.1 tcp dport 443 "
@@ -159,3 +122,50 @@ def test_out_of_range_input_is_refused_before_anything_runs(seconds, concurrency
     with pytest.raises(HastackError, match=message):
         bench.run(fleet, seconds, concurrency)
     assert fleet.commands == []
+
+
+@pytest.fixture()
+def mtls_server(tmp_path, monkeypatch):
+    """A loopback HTTPS server that admits only certificates of the environment's CA (as
+    nginx and gunicorn do), and the client PEM of one machine of it."""
+    monkeypatch.setenv("HASTACK_CACHE", str(tmp_path / "cache"))
+    tls = pki.ensure(tmp_path / "secrets", "www.foobar.com", [],
+                     {"server": ["127.0.0.1"], "lb1": ["198.19.0.11"]})
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls / "server.crt", tls / "server.key")
+    context.load_verify_locations(tls / "ca.crt")
+    context.verify_mode = ssl.CERT_REQUIRED
+
+    class Static(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Static)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", bench.client_pem(
+        tmp_path / "secrets", "lb1", tmp_path)
+    server.shutdown()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None or shutil.which("cc") is None,
+                    reason="wrk and cc come with make deps")
+def test_wrk_presents_the_client_certificate_only_through_the_preload(mtls_server, tmp_path):
+    url, pem = mtls_server
+    route = bench.Route("nginx", "web1", url, "lb1")
+    kind = bench.Kind("static", "/static/style.css")
+    preload = bench.clientcert_preload()
+    assert preload.parent == tmp_path / "cache" / "bench" and bench.clientcert_preload() == preload
+    m = bench.measure(kind, route, "www.foobar.com", 1, 2, pem, None, preload)
+    assert m.requests > 0 and m.errors == 0, m
+    # without it the server refuses every handshake: no request answered
+    m = bench.measure(kind, route, "www.foobar.com", 1, 2, None, None, preload)
+    assert m.requests == 0 and m.errors > 0, m
+    assert os.environ.get("LD_PRELOAD") is None
