@@ -165,14 +165,15 @@ def _prometheus_value(lab, query: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def test_a_replica_killed_under_writes_loses_nothing_and_the_async_fallback_is_reported(lab):
+def test_a_replica_killed_under_heavy_writes_loses_nothing_and_the_async_fallback_is_reported(
+        lab):
     p, r = primary(lab), replicas(lab)[0]
     semi_off = f'ALERTS{{alertname="SemiSyncOff",machine="{p}"}}'
     try:
-        with load(lab, lab.vips[0], "/messages", header="location", rate=20, timeout=5.0,
+        with load(lab, lab.vips[0], "/messages", header="location", rate=60, timeout=5.0,
                   method="POST", json_body={"author": "semi", "body": "sync"},
                   idempotency_keys=True) as bg:
-            more(bg, 20, "writes before the replica dies")
+            more(bg, 60, "writes before the replica dies")
             crash_and_keep_down(lab, r)
             killed = time.monotonic()
             poll(lambda: db_nodes(lab)[p]["semi_sync"] == "off", 15,
