@@ -209,11 +209,3 @@ class KeyPurger:
             return cursor.rowcount
 
         return self.router.run_on_primary(delete)
-
-
-def count(router: Router) -> Routed[int]:
-    def query(cursor):
-        cursor.execute("SELECT COUNT(*) AS n FROM messages")
-        return int(cursor.fetchone()["n"])
-
-    return router.read(query)
