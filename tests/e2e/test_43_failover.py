@@ -20,7 +20,7 @@ import pytest
 from hastack.chaos import dbfailover, primitives
 from hastack.lab.lab import Lab as HostLab
 
-from .conftest import load, more, one_line_error, poll, run
+from .conftest import in_role, load, more, one_line_error, poll, run
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,11 @@ def fleet(lab) -> HostLab:
 
 def db_status() -> dict:
     return json.loads(run("db", "status", "--json").stdout)
+
+
+def node_status(name: str) -> dict:
+    """One DB node's line of `hastack db status` now."""
+    return next(n for n in db_status()["nodes"] if n["name"] == name)
 
 
 @pytest.mark.parametrize("fault", dbfailover.FAULTS)
@@ -88,9 +93,7 @@ def test_a_replica_cut_off_is_let_go_once_the_cluster_lost_it_and_nothing_is_los
     ends it on the quorate primary as soon as the cluster has lost the node: from then on
     commits do not wait, semi-sync says how many replicas still acknowledge, nothing
     acknowledged is lost, and the replica catches up once back (fenced, rejoined)."""
-    nodes = {n["name"]: n for n in db_status()["nodes"]}
-    primary = next(n for n, s in nodes.items() if s["role"] == "primary")
-    replicas = [n for n, s in nodes.items() if s["role"] == "replica"]
+    primary, replicas = in_role("primary")[0], in_role("replica")
     replica = replicas[0]
     since = int(time.time())
 
@@ -109,7 +112,7 @@ def test_a_replica_cut_off_is_let_go_once_the_cluster_lost_it_and_nothing_is_los
             assert line.startswith(f"{replica} lost, this primary quorate: ended its "
                                    "replication connection"), line
             more(bg, 40, "writes while the replica is still cut off")
-            now = {n["name"]: n for n in db_status()["nodes"]}[primary]
+            now = node_status(primary)
             assert now["semi_sync_replicas"] == len(replicas) - 1, now
             assert now["semi_sync"] == ("on" if len(replicas) > 1 else "off"), now
         finally:
@@ -129,15 +132,15 @@ def test_a_replica_cut_off_is_let_go_once_the_cluster_lost_it_and_nothing_is_los
     acked = sorted(int(s.header.rsplit("/", 1)[1]) for s in samples
                    if s.status == 201 and s.header)
     ids = ",".join(map(str, acked))
-    poll(lambda: (s := {n["name"]: n for n in db_status()["nodes"]}[replica])["role"]
-         == "replica" and s["io_running"] == "Yes" and s["sql_running"] == "Yes", 180,
+    poll(lambda: (s := node_status(replica))["role"] == "replica"
+         and s["io_running"] == "Yes" and s["sql_running"] == "Yes", 180,
          f"{replica} replicating again")
     for node in (primary, replica):
         poll(lambda n=node: int(fleet.run_checked(n, "mariadb -B -N", "counting", stdin=(
             f"SELECT COUNT(*) FROM {dbfailover.TABLE} WHERE id IN ({ids})")).strip())
             == len(acked), 60, f"every acknowledged write on {node}")
-    poll(lambda: (p := {n["name"]: n for n in db_status()["nodes"]}[primary])["semi_sync"]
-         == "on" and p["semi_sync_replicas"] == len(replicas), 60,
+    poll(lambda: (p := node_status(primary))["semi_sync"] == "on"
+         and p["semi_sync_replicas"] == len(replicas), 60,
          "semi-sync on again on the primary, every replica acknowledging")
 
 
