@@ -49,7 +49,8 @@ ROLE_UNITS = {
     "quorum": ("corosync-qnetd",),
 }
 # With two or more DB nodes the failover cluster runs MariaDB (mariadb.service stays off).
-CLUSTER_DB_UNITS = ("corosync", "pacemaker", "prometheus-mysqld-exporter")
+CLUSTER_DB_UNITS = ("corosync", "pacemaker", "hastack-replica-release",
+                    "prometheus-mysqld-exporter")
 EVERY_MACHINE_UNITS = ("prometheus-node-exporter",)
 # The scrape jobs that target each role's machines (prometheus.yml.j2).
 ROLE_JOBS = {

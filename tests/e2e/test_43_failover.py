@@ -89,8 +89,9 @@ def test_a_replica_whose_sql_thread_was_stopped_is_promoted_with_every_acknowled
 def test_a_replica_cut_off_is_let_go_once_the_cluster_lost_it_and_nothing_is_lost(
         lab, fleet):
     """A replica cut off keeps its replication connection open on the primary, and semi-sync
-    commits wait for it until TCP gives that connection up (~5 s). The cluster's alert agent
-    ends it on the quorate primary as soon as the cluster has lost the node: from then on
+    commits wait for it until TCP gives that connection up (~5 s). The replica release
+    (hastack-replica-release) ends it on the quorate primary as soon as corosync has lost
+    the node: from then on
     commits do not wait, semi-sync says how many replicas still acknowledge, nothing
     acknowledged is lost, and the replica catches up once back (fenced, rejoined)."""
     primary, replicas = in_role("primary")[0], in_role("replica")
@@ -98,8 +99,8 @@ def test_a_replica_cut_off_is_let_go_once_the_cluster_lost_it_and_nothing_is_los
     since = int(time.time())
 
     def let_go() -> str | None:
-        log = fleet.run_checked(primary, f"journalctl -t hastack-cluster-alert --since "
-                                f"@{since} -o cat --no-pager", "the alert agent's log")
+        log = fleet.run_checked(primary, f"journalctl -t hastack-replica-release --since "
+                                f"@{since} -o cat --no-pager", "the replica release's log")
         return next((x for x in log.splitlines() if "ended" in x), None)
     with load(lab, lab.vips[0], "/messages", header="location", rate=20, timeout=15.0,
               method="POST", json_body={"author": "replica-cut", "body": "cut"},
