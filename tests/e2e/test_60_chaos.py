@@ -23,11 +23,7 @@ FAULTS = ("web1-nginx-killed", "app1-gunicorn-killed", "lb1-haproxy-killed",
           "db2-power-off", "db1-mariadbd-killed", "rolling-deploy")
 # Promises not met today, each with what was measured (strict assertion kept, case xfail;
 # not strict where the failure is intermittent).
-KNOWN_BROKEN: dict[str, str] = {
-    "web1-nginx-killed": "intermittent: in 1 run of 5, one keyed POST in flight when nginx "
-                         "died came back to the client as a reset (+2 ms), not replayed on "
-                         "web2; cause not found",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
