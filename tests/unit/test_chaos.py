@@ -278,3 +278,52 @@ def test_report_writes_json_markdown_and_one_png_per_fault(tmp_path):
     png = tmp_path / "chaos" / "web1-nginx-killed.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](web1-nginx-killed.png)" in md
+
+
+class _Replicas:
+    """A fleet whose replicas answer MASTER_GTID_WAIT from a script of answers (text, or an
+    exception to raise), recording what was asked."""
+
+    def __init__(self, script: list[object]):
+        self.script, self.asked = script, []
+
+    def run_checked(self, machine, command, what, timeout=60, stdin=None):
+        self.asked.append((machine, stdin))
+        if "gtid_binlog_pos" in stdin:
+            return "0-41-7\n"
+        answer = self.script.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _sync(fleet, timeout=60):
+    now = [0.0]
+    ledger.sync_replicas(fleet, "db1", ["db2"], timeout=timeout, clock=lambda: now[0],
+                         pause=lambda s: now.__setitem__(0, now[0] + s))
+
+
+def test_the_audit_asks_a_replica_again_when_its_server_dropped_the_connection():
+    lost = HastackError("db2: waiting for replication failed: ERROR 2026 (HY000) at line 1: "
+                        "TLS/SSL error: unexpected eof while reading")
+    fleet = _Replicas([lost, "0\n"])
+    _sync(fleet)
+    waits = [stdin for _, stdin in fleet.asked if "MASTER_GTID_WAIT" in stdin]
+    assert waits == ["SELECT MASTER_GTID_WAIT('0-41-7', 60)",
+                     "SELECT MASTER_GTID_WAIT('0-41-7', 59)"]
+
+
+@pytest.mark.parametrize("script", [
+    ["-1\n"],                                                    # not there in time
+    [HastackError("db2: waiting for replication failed: ERROR 1064 (42000): syntax")],
+])
+def test_the_audit_still_fails_on_a_replica_behind_or_any_other_error(script):
+    with pytest.raises(HastackError):
+        _sync(_Replicas(script))
+
+
+def test_the_audit_gives_up_on_a_replica_that_stays_away():
+    lost = HastackError("db2: waiting for replication failed: ERROR 2002 (HY000): "
+                        "Can't connect to local server through socket")
+    with pytest.raises(HastackError, match="ERROR 2002"):
+        _sync(_Replicas([lost] * 20), timeout=5)

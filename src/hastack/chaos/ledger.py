@@ -16,8 +16,9 @@ with the same key and get the first result.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,15 +88,31 @@ def read_node(fleet: Fleet, node: str, run_id: str) -> NodeRows:
     return parse_node(out)
 
 
-def sync_replicas(fleet: Fleet, primary: str, replicas: list[str], timeout: float = 60) -> None:
-    """Wait until every replica applied the primary's last write (MASTER_GTID_WAIT)."""
+# The client lost or could not open its connection: the server went away (a replica the
+# cluster restarts as it settles after the last fault), so the wait is asked again.
+CONNECTION_LOST = ("ERROR 2002", "ERROR 2006", "ERROR 2013", "ERROR 2026")
+
+
+def sync_replicas(fleet: Fleet, primary: str, replicas: list[str], timeout: float = 60,
+                  clock: Callable[[], float] = time.monotonic,
+                  pause: Callable[[float], None] = time.sleep) -> None:
+    """Wait until every replica applied the primary's last write (MASTER_GTID_WAIT), each
+    within `timeout`, asking again when the replica's server dropped the connection."""
     position = fleet.run_checked(primary, "mariadb -B -N", "reading the primary's GTID",
                                  stdin="SELECT @@gtid_binlog_pos").strip()
     for node in replicas:
-        waited = fleet.run_checked(node, "mariadb -B -N", "waiting for replication",
-                                   timeout=timeout + 15,
-                                   stdin=f"SELECT MASTER_GTID_WAIT('{position}', {timeout})"
-                                   ).strip()
+        deadline = clock() + timeout
+        while True:
+            left = max(1, int(deadline - clock()))
+            try:
+                waited = fleet.run_checked(
+                    node, "mariadb -B -N", "waiting for replication", timeout=left + 15,
+                    stdin=f"SELECT MASTER_GTID_WAIT('{position}', {left})").strip()
+                break
+            except HastackError as exc:
+                if not any(code in str(exc) for code in CONNECTION_LOST) or clock() >= deadline:
+                    raise
+                pause(1.0)
         if waited != "0":
             raise HastackError(f"{node} did not reach the primary's position {position} "
                                f"within {timeout:.0f} s; the audit would be wrong")
