@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 
-from pyroute2 import IPRoute
-
 from hastack.errors import HastackError
 from hastack.fleet import Fleet
+from hastack.lab import network
 from hastack.lab.lab import Lab
 from hastack.lab.machine import host_veth
 
@@ -33,9 +32,55 @@ def remote_at(fleet: Fleet, machine: str, command: str) -> float:
     return float(out.strip().splitlines()[-1]) if fleet.shares_clock else sent
 
 
+# Kill a unit's processes the instant after the stamp: through its cgroup's cgroup.kill
+# (cgroup v2, pure or hybrid; the kernel kills forks racing with it too), which is one
+# write. `systemctl kill` goes through systemd's bus and lands milliseconds after it was
+# asked: it is the fallback for kernels without cgroup.kill. Nothing is killed after: the
+# unit's ExecStopPost (HAProxy's tells keepalived) runs as it would after a crash. Then
+# wait until every process killed has exited (gone or a zombie: its sockets are closed),
+# and print both moments.
+_KILL_UNIT = """python3 -c '
+import os, subprocess, sys, time
+unit = sys.argv[1]
+cg = subprocess.run(["systemctl", "show", "-p", "ControlGroup", "--value", unit],
+                    capture_output=True, text=True, check=True).stdout.strip()
+roots = [cg and root + cg for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")]
+found = [d for d in roots if d and os.path.exists(d + "/cgroup.kill")]
+pids = open(found[0] + "/cgroup.procs").read().split() if found else []
+t = time.monotonic()
+if found:
+    with open(found[0] + "/cgroup.kill", "w") as f:
+        f.write("1")
+else:
+    subprocess.run(["systemctl", "kill", "--signal=KILL", unit], check=True)
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+deadline = t + 10
+while any(map(alive, pids)) and time.monotonic() < deadline:
+    time.sleep(0.0002)
+print(t, time.monotonic())
+' """
+
+
+def crash_service(fleet: Fleet, machine: str, unit: str) -> tuple[float, float]:
+    """SIGKILL every process of a systemd unit (a crash, not a clean stop). Returns when the
+    kill was sent and when its last process had exited: a connection that reached the
+    daemon in between died with it (the kernel resets its listener's queue). Our clock;
+    on a machine that does not share it, the moments SSH was started and returned."""
+    sent = time.monotonic()
+    out = fleet.run_checked(machine, _KILL_UNIT + unit, f"kill {unit}")
+    if not fleet.shares_clock:
+        return sent, time.monotonic()
+    killed, gone = map(float, out.strip().splitlines()[-1].split())
+    return killed, gone
+
+
 def kill_service(fleet: Fleet, machine: str, unit: str) -> float:
-    """SIGKILL every process of a systemd unit (a crash, not a clean stop)."""
-    return remote_at(fleet, machine, f"systemctl kill --signal=KILL {unit}")
+    """crash_service; the moment the kill was sent."""
+    return crash_service(fleet, machine, unit)[0]
 
 
 def crash_mariadbd(fleet: Fleet, machine: str) -> float:
@@ -93,12 +138,20 @@ def start_service(fleet: Fleet, machine: str, unit: str) -> float:
     return remote_at(fleet, machine, f"systemctl start {unit}")
 
 
-def power_off(lab: Lab, machine: str) -> float:
-    """Pull the plug: SIGKILL every process of the machine (no clean shutdown)."""
+def power_cut(lab: Lab, machine: str) -> tuple[float, float]:
+    """Pull the plug: every cable out, then SIGKILL to every process of the machine (no
+    clean shutdown). Returns the moments just before and just after the cables went out."""
     m = lab.machine(machine)
-    t = time.monotonic()
+    window = m.unplug()
+    if window is None:
+        raise HastackError(f"{machine} has no cable to pull; is it running?")
     m.stop(graceful=False)
-    return t
+    return window
+
+
+def power_off(lab: Lab, machine: str) -> float:
+    """power_cut; the moment it started."""
+    return power_cut(lab, machine)[0]
 
 
 def power_on(lab: Lab, machine: str) -> float:
@@ -107,21 +160,18 @@ def power_on(lab: Lab, machine: str) -> float:
     return t
 
 
-def _link(machine: str, net: int, state: str) -> float:
+def _link(machine: str, net: int, up: bool) -> float:
     name = host_veth(machine, net)
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            raise HastackError(f"{machine} has no link {name}; is it running?")
-        t = time.monotonic()
-        ipr.link("set", index=found[0], state=state)
-    return t
+    window = network.set_links([name], up)
+    if window is None:
+        raise HastackError(f"{machine} has no link {name}; is it running?")
+    return window[0]
 
 
 def cut_link(machine: str, net: str = "public") -> float:
     """Unplug a machine's cable (host side of its veth down): its peers see silence."""
-    return _link(machine, 0 if net == "public" else 1, "down")
+    return _link(machine, 0 if net == "public" else 1, up=False)
 
 
 def restore_link(machine: str, net: str = "public") -> float:
-    return _link(machine, 0 if net == "public" else 1, "up")
+    return _link(machine, 0 if net == "public" else 1, up=True)

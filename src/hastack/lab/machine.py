@@ -185,6 +185,13 @@ class LabMachine:
         """Power the machine off (SIGTERM to nspawn), or pull the plug (SIGKILL, by PID)."""
         stop_machines([self], graceful, timeout)
 
+    def unplug(self) -> tuple[float, float] | None:
+        """Every cable out at once (host-side veths down); the moments before and after, or
+        None if it has none. A real power cut silences a machine in an instant; SIGKILL to
+        its processes takes tens of milliseconds, during which the dying kernel still
+        answers: connections reset, handshakes refused."""
+        return network.set_links([host_veth(self.name, net) for net in (0, 1)], up=False)
+
     def _leader(self) -> int | None:
         """The nspawn process; without a pid file, the oldest process of the top cgroup."""
         pids = self.pids()
@@ -224,13 +231,17 @@ def stop_machines(machines: Sequence[LabMachine], graceful: bool = True,
     """Power machines off together; return only once every process of theirs is gone.
 
     A clean power-off (one SIGTERM to each nspawn) gets `timeout` seconds, then whatever is
-    left in their cgroups gets SIGKILL. The cgroups go last: rmdir needs them empty.
+    left in their cgroups gets SIGKILL. A pulled plug takes every cable out first. The
+    cgroups go last: rmdir needs them empty.
     """
     cgroups = [cg for m in machines for cg in m._cgroups()]
     procs = [p for m in machines for p in m.processes()]
-    if graceful:
-        for m in machines:
+    for m in machines:
+        if graceful:
             m.request_poweroff()
+        else:
+            m.unplug()
+    if graceful:
         wait_gone(cgroups, procs, timeout)
     deadline = time.monotonic() + KILL_TIMEOUT
     while not gone(cgroups, procs) and time.monotonic() < deadline:

@@ -110,6 +110,19 @@ def attach(ifname: str, bridge: str, timeout: float = 15.0) -> None:
         ipr.link("set", index=found[0], master=master, state="up")
 
 
+def set_links(names: list[str], up: bool) -> tuple[float, float] | None:
+    """Switch devices on or off together (a machine's cables in or out); return the moments
+    just before the first and just after the last was switched, or None if none exists."""
+    with IPRoute() as ipr:
+        found = [i for name in names for i in ipr.link_lookup(ifname=name)]
+        if not found:
+            return None
+        t = time.monotonic()
+        for index in found:
+            ipr.link("set", index=index, state="up" if up else "down")
+        return t, time.monotonic()
+
+
 def lab_links() -> list[str]:
     with IPRoute() as ipr:
         return [n for n in (link.get_attr("IFLA_IFNAME") for link in ipr.get_links())
