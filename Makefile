@@ -15,7 +15,7 @@ down: deps
 
 test: deps lint
 	$(VENV)/bin/pytest -q tests/unit site/tests
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=30 tests/e2e
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=0 --durations-min=15 tests/e2e
 
 unit: deps
 	$(VENV)/bin/pytest -q tests/unit site/tests
