@@ -97,3 +97,18 @@ def test_another_plans_address_goes_with_its_own_prefix_and_host_addresses_stay(
     network.ensure_bridges(topology.load(None))
     deleted = [(kw["address"], kw["prefixlen"]) for c, kw in ipr.calls if c == "addr del"]
     assert set(deleted) == {("198.18.7.1", 16)}
+
+
+def test_pulling_a_machines_cables_switches_every_one_it_has_and_times_it(fake):
+    ipr = fake({"hs-lb1-0": "02:00:00:00:00:01", "hs-lb1-1": "02:00:00:00:00:02"})
+    t0, t1 = network.set_links(["hs-lb1-0", "hs-lb1-1"], up=False)
+    assert t0 <= t1
+    assert [(c, kw) for c, kw in ipr.calls] == [("set", {"index": 1, "state": "down"}),
+                                                  ("set", {"index": 2, "state": "down"})]
+
+
+def test_a_missing_cable_is_skipped_and_none_at_all_is_none(fake):
+    ipr = fake({"hs-db1-1": "02:00:00:00:00:01"})  # db1 has no public link
+    assert network.set_links(["hs-db1-0", "hs-db1-1"], up=True) is not None
+    assert ipr.calls == [("set", {"index": 1, "state": "up"})]
+    assert network.set_links(["hs-gone-0", "hs-gone-1"], up=False) is None
