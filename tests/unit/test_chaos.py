@@ -212,6 +212,7 @@ def test_fault_figures():
     assert f["service_restored_s"] == 1.11  # end of the first success after 102.0
     assert (f["healed_at_s"], f["healthy_after_heal_s"]) == (1.5, 7.5)
     assert f["write_refused_max_ms"] == 10.0
+    assert f["slowest_ok_ms"] == {"read": 10.0}  # the only write during the fault failed
     assert [p["t"] for p in f["series"]] == [-1.0, 0.0, 1.0]
     assert f["series"][1]["requests_per_s"] == 10 and f["series"][1]["errors_per_s"] == 2
 
@@ -222,6 +223,7 @@ def test_p99_from_two_seconds_leaves_out_what_routing_around_the_fault_took():
     f = figures.fault_figures(slow_then_quick, t_inject=100.0, t_heal=105.0, t_healthy=None)
     assert f["p99_ms"] == 1000.0
     assert f["p99_settled_ms"] == 20.0
+    assert f["slowest_ok_ms"] == {"read": 1000.0}
 
 
 def test_no_failure_means_no_window_and_restored_at_once():
@@ -275,6 +277,7 @@ def test_report_writes_json_markdown_and_one_png_per_fault(tmp_path):
     assert "hastack.loadgen" in md and "Every promise kept." in md
     assert ("| web1-nginx-killed | all | 27/2 (503 ×1, timeout ×1) | 0/1 (503 ×1) | "
             "+0.20 → +1.01 s | 2.1 s |") in md
+    assert "| 10 / – | 10 ms |" in md  # slowest answered read / write, slowest refused
     png = tmp_path / "chaos" / "web1-nginx-killed.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](web1-nginx-killed.png)" in md

@@ -6,6 +6,8 @@ Times in the result are seconds relative to the fault's injection (negative: bef
 - service_restored_s: end of the first success after the last failure (0 with no failure);
 - p50/p99 (ms): latency of requests scheduled between injection and heal;
 - write_refused_max_ms: the slowest failed write during that span (how fast writes fail);
+- slowest_ok_ms: per kind, the slowest request answered during that span (how long a live
+  path may legitimately take: what the proxies' replay timeouts must stay above);
 - series: per second of scheduled time, requests/s, errors/s and p99 (ms) (the plots).
 """
 
@@ -97,6 +99,8 @@ def fault_figures(samples: Sequence[Sample], t_inject: float, t_heal: float,
         "p99_settled_ms": _ms(_pct([s.latency for s in during
                                     if s.scheduled >= t_inject + SETTLE_S], 99)),
         "write_refused_max_ms": _ms(max(refused, default=None)),
+        "slowest_ok_ms": {kind: _ms(max(s.latency for s in during if s.ok and _kind(s) == kind))
+                          for kind in sorted({_kind(s) for s in during if s.ok})},
         "series": series(samples, t_inject),
     }
 

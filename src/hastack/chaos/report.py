@@ -34,6 +34,11 @@ def _kind(r: dict[str, Any], kind: str) -> str:
     return f"{row['ok']}/{row['failed']}" + (f" ({why})" if why else "")
 
 
+def _slowest(r: dict[str, Any]) -> str:
+    slowest = r.get("slowest_ok_ms") or {}
+    return f"{_f(slowest.get('read'))} / {_f(slowest.get('write'), ' ms')}"
+
+
 def _by_detection(data: dict[str, Any]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for r in data["faults"]:
@@ -58,9 +63,9 @@ def markdown(data: dict[str, Any], pngs: dict[str, str]) -> str:
         "is healthy again. Times are seconds from the fault's injection.",
         "",
         "| fault | expect | reads ok/failed | writes ok/failed | error window | detected | "
-        "restored | healthy after heal | p50 / p99 | p99 from +2 s | slowest refused write | "
-        "lost | twice |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "restored | healthy after heal | p50 / p99 | p99 from +2 s | slowest answered read / "
+        "write | slowest refused write | lost | twice |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["faults"]:
         lines.append(
@@ -68,7 +73,7 @@ def markdown(data: dict[str, Any], pngs: dict[str, str]) -> str:
             f"{_window(r['error_window'])} | {_f(r['detection_s'], ' s')} | "
             f"{_f(r['service_restored_s'], ' s')} | {_f(r['healthy_after_heal_s'], ' s')} | "
             f"{_f(r['p50_ms'])} / {_f(r['p99_ms'], ' ms')} | "
-            f"{_f(r.get('p99_settled_ms'), ' ms')} | "
+            f"{_f(r.get('p99_settled_ms'), ' ms')} | {_slowest(r)} | "
             f"{_f(r['write_refused_max_ms'], ' ms')} | {r.get('writes_lost', '–')} | "
             f"{r.get('writes_applied_twice', '–')} |")
     lines += [
