@@ -19,16 +19,11 @@ import pytest
 
 from .conftest import one_line_error, run
 
-FAULTS = ("web1-nginx-killed", "web1-power-off", "app1-gunicorn-killed", "lb1-haproxy-killed",
-          "db2-power-off", "db1-mariadbd-killed", "rolling-deploy")
+FAULTS = ("web1-nginx-killed", "web1-power-off", "app1-gunicorn-killed", "app1-power-off",
+          "lb1-haproxy-killed", "db2-power-off", "db1-mariadbd-killed", "rolling-deploy")
 # Promises not met today, each with what was measured (strict assertion kept, case xfail;
-# not strict where the failure is intermittent).
-KNOWN_BROKEN: dict[str, str] = {
-    "web1-power-off": "a request in flight to a machine whose power is cut waits for HAProxy's "
-                      "timeout, longer than the client's 2 s: 2 of ~540 failed (timeouts) in "
-                      "each web power cut of the full run 3e4430d7 (docs/figures.md); depends "
-                      "on a request being in flight at the cut",
-}
+# not strict where the failure is intermittent). None at the moment.
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
