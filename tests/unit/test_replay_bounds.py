@@ -1,0 +1,113 @@
+"""The proxies' replay bounds (a machine that lost its power answers nothing, not even a
+reset; docs/architecture.md): the rendered nginx and HAProxy configurations, and the order
+their timeouts must keep for a replay to come from the right tier within a client's 2 s."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from hastack.chaos.load import TIMEOUT as CLIENT_PATIENCE
+
+ROLES = Path(__file__).resolve().parents[2] / "ansible" / "roles"
+WEB = yaml.safe_load((ROLES / "web" / "defaults" / "main.yml").read_text())
+LB = yaml.safe_load((ROLES / "loadbalancer" / "defaults" / "main.yml").read_text())
+APPS = {"app1": "198.19.0.31", "app2": "198.19.0.32"}
+WEBS = {"web1": "198.19.0.21", "web2": "198.19.0.22"}
+
+
+def seconds(value: str) -> float:
+    """An nginx / HAProxy duration (300ms, 1s, 30s) in seconds."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", str(value))
+    assert found, value
+    return float(found[1]) / (1000 if found[2] == "ms" else 1)
+
+
+def _render(role: str, template: str, **extra) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLES / role / "templates"),
+                             undefined=jinja2.StrictUndefined)
+    env.filters["bool"] = bool  # Ansible's filter; the values here are already booleans
+    hosts = {**APPS, **WEBS, "lb1": "198.19.0.11"}
+    context = {
+        **yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text()),
+        "inventory_hostname": "lb1" if role == "loadbalancer" else "web1",
+        "groups": {"app": list(APPS), "web": list(WEBS), "loadbalancer": ["lb1"]},
+        "hostvars": {h: {"hastack_private_address": a} for h, a in hosts.items()},
+        "hastack_private_address": hosts["lb1" if role == "loadbalancer" else "web1"],
+        "hastack_app_port": 8000, "hastack_domain": "www.foobar.com", "hastack_aliases": [],
+        **extra,
+    }
+    return env.get_template(template).render(**context)
+
+
+@pytest.fixture(scope="module")
+def nginx() -> str:
+    return _render("web", "foobar.conf.j2", hastack_machine_tls_dir="/etc/hastack/tls",
+                   hastack_app_tls_name="app.foobar.internal")
+
+
+@pytest.fixture(scope="module")
+def haproxy() -> str:
+    return _render("loadbalancer", "haproxy.cfg.j2", hastack_vips=[{"address": "198.18.0.100"}],
+                   loadbalancer_trusted_clients=[], loadbalancer_debug_headers=False)
+
+
+def _block(text: str, head: str) -> str:
+    """The lines of the block that starts with `head` (nginx: up to its closing brace;
+    HAProxy: up to the next section)."""
+    start = text.index(head)
+    rest = text[start:]
+    if "{" in head:
+        return rest[:rest.index("\n    }\n") if rest.startswith("    ") else rest.index("\n}\n")]
+    following = re.search(r"\n(?:backend|frontend|listen|peers|cache|defaults) ", rest[1:])
+    return rest if not following else rest[:following.start() + 1]
+
+
+def test_the_order_of_the_bounds():
+    """A live path answers before any replay; nginx replays before HAProxy does; HAProxy's
+    replay is answered before the client gives up; a check through nginx to an app server
+    that just died is answered (by the other app server) before the check gives up."""
+    app_replay = seconds(WEB["web_app_replay_timeout"])
+    web_replay = seconds(LB["loadbalancer_timeout_server_replay"])
+    slowest_live_read = 1.1  # hastack chaos, "slowest answered": 1026 ms (docs/figures.md)
+    path = 0.1  # a replay's own way through the other server (tens of ms here)
+    assert slowest_live_read < app_replay
+    assert app_replay + path < web_replay
+    assert web_replay + path < CLIENT_PATIENCE
+    assert app_replay + path < seconds(LB["loadbalancer_timeout_check"])
+    assert seconds(WEB["web_app_keyed_connect_timeout"]) < app_replay
+
+
+def test_nginx_replays_reads_and_keyed_posts_and_never_a_keyless_post(nginx):
+    keyed = _block(nginx, "upstream foobar_app_keyed {")
+    reads = _block(nginx, "upstream foobar_app {")
+    assert keyed.count("max_fails=0;") == len(APPS)  # slow writes never mark a server failed
+    assert reads.count("max_fails=1 fail_timeout=2s;") == len(APPS)
+    assert f"proxy_read_timeout {WEB['web_app_replay_timeout']};" in _block(nginx, "server {")
+    assert "non_idempotent" not in _block(nginx, "    location / {")
+    at_keyed = _block(nginx, "    location @keyed {")
+    assert "proxy_pass https://foobar_app_keyed;" in at_keyed
+    assert "proxy_next_upstream error timeout non_idempotent;" in at_keyed
+    no_replay = _block(nginx, "    location @no_replay {")
+    assert f"proxy_read_timeout {WEB['web_app_read_timeout']};" in no_replay
+    assert seconds(WEB["web_app_read_timeout"]) >= 30
+    # which POST goes where: "METHOD:key" -> the route's flag
+    assert '"POST:" 1;' in _block(nginx, 'map "$request_method:$http_idempotency_key" '
+                                         "$foobar_keyless_post {")
+    assert '"~^POST:." 1;' in _block(nginx, 'map "$request_method:$http_idempotency_key" '
+                                            "$foobar_keyed_post {")
+
+
+def test_haproxy_replays_from_backend_web_only(haproxy):
+    web = _block(haproxy, "\nbackend web\n")
+    fresh = _block(haproxy, "\nbackend web_fresh\n")
+    defaults = _block(haproxy, "\ndefaults\n")
+    assert f"timeout server {LB['loadbalancer_timeout_server_replay']}" in web
+    assert "response-timeout" in defaults  # retry-on: a replay after the bound above
+    assert "timeout server" not in fresh and "disable-l7-retry" in fresh
+    assert f"timeout server {LB['loadbalancer_timeout_server']}" in defaults
+    assert seconds(LB["loadbalancer_timeout_server"]) >= 30
