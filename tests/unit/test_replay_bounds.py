@@ -14,8 +14,9 @@ import yaml
 from hastack.chaos.load import TIMEOUT as CLIENT_PATIENCE
 
 ROLES = Path(__file__).resolve().parents[2] / "ansible" / "roles"
-WEB = yaml.safe_load((ROLES / "web" / "defaults" / "main.yml").read_text())
-LB = yaml.safe_load((ROLES / "loadbalancer" / "defaults" / "main.yml").read_text())
+DEFAULTS = {role: yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+            for role in ("web", "loadbalancer")}
+WEB, LB = DEFAULTS["web"], DEFAULTS["loadbalancer"]
 APPS = {"app1": "198.19.0.31", "app2": "198.19.0.32"}
 WEBS = {"web1": "198.19.0.21", "web2": "198.19.0.22"}
 
@@ -33,7 +34,7 @@ def _render(role: str, template: str, **extra) -> str:
     env.filters["bool"] = bool  # Ansible's filter; the values here are already booleans
     hosts = {**APPS, **WEBS, "lb1": "198.19.0.11"}
     context = {
-        **yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text()),
+        **DEFAULTS[role],
         "inventory_hostname": "lb1" if role == "loadbalancer" else "web1",
         "groups": {"app": list(APPS), "web": list(WEBS), "loadbalancer": ["lb1"]},
         "hostvars": {h: {"hastack_private_address": a} for h, a in hosts.items()},
@@ -57,14 +58,18 @@ def haproxy() -> str:
 
 
 def _block(text: str, head: str) -> str:
-    """The lines of the block that starts with `head` (nginx: up to its closing brace;
-    HAProxy: up to the next section)."""
+    """The nginx block that starts with `head`, up to its closing brace."""
     start = text.index(head)
-    rest = text[start:]
-    if "{" in head:
-        return rest[:rest.index("\n    }\n") if rest.startswith("    ") else rest.index("\n}\n")]
-    following = re.search(r"\n(?:backend|frontend|listen|peers|cache|defaults) ", rest[1:])
-    return rest if not following else rest[:following.start() + 1]
+    indent = head[:len(head) - len(head.lstrip())]
+    return text[start:text.index(f"\n{indent}}}\n", start)]
+
+
+def _section(text: str, head: str) -> str:
+    """The HAProxy section whose first line is `head`, up to the next section."""
+    start = text.index(f"\n{head}\n") + 1
+    following = re.search(r"^(?:backend|frontend|listen|peers|cache|defaults)\b", text[start + 1:],
+                          re.MULTILINE)
+    return text[start:] if not following else text[start:start + 1 + following.start()]
 
 
 def test_the_order_of_the_bounds():
@@ -103,9 +108,9 @@ def test_nginx_replays_reads_and_keyed_posts_and_never_a_keyless_post(nginx):
 
 
 def test_haproxy_replays_from_backend_web_only(haproxy):
-    web = _block(haproxy, "\nbackend web\n")
-    fresh = _block(haproxy, "\nbackend web_fresh\n")
-    defaults = _block(haproxy, "\ndefaults\n")
+    web = _section(haproxy, "backend web")
+    fresh = _section(haproxy, "backend web_fresh")
+    defaults = _section(haproxy, "defaults")
     assert f"timeout server {LB['loadbalancer_timeout_server_replay']}" in web
     assert "response-timeout" in defaults  # retry-on: a replay after the bound above
     assert "timeout server" not in fresh and "disable-l7-retry" in fresh
