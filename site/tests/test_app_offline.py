@@ -182,3 +182,25 @@ def test_a_bad_idempotency_key_is_400_before_any_database_work(offline_client, k
         "/messages", data={"author": "a", "body": "b", "idempotency_key": key}
     )
     assert (form.status_code, form.mimetype) == (400, "text/html")
+
+
+@pytest.mark.parametrize("method, headers, limit", [
+    ("GET", {}, 0.7),
+    ("POST", {"Idempotency-Key": "k-1"}, 0.7),
+    ("POST", {}, None),  # never replayed once sent: the router's whole budget
+])
+def test_what_the_proxies_may_replay_waits_at_most_the_replayable_limit(
+        monkeypatch, method, headers, limit):
+    import foobar.app
+
+    seen = []
+    monkeypatch.setattr(foobar.app, "limit_retries", seen.append)
+    app = create_app(offline_env(FOOBAR_REPLAYABLE_RETRY_SECONDS="0.7"))
+    app.testing = True
+    client = app.test_client()
+    if method == "GET":
+        response = client.get("/api/messages", headers=headers)
+    else:
+        response = client.post("/messages", headers=headers, json={"author": "a", "body": "b"})
+    assert response.status_code == 503  # no database here; the limit was set before
+    assert seen == [limit]

@@ -37,6 +37,14 @@ def test_write_retry_budget():
     ].router.write_retry_seconds == 2.5
 
 
+def test_replayable_retry_limit():
+    assert Config.from_env(offline_env()).replayable_retry_seconds == 1.0
+    config = Config.from_env(offline_env(FOOBAR_REPLAYABLE_RETRY_SECONDS="0.8"))
+    assert config.replayable_retry_seconds == 0.8
+    with pytest.raises(ConfigError, match="FOOBAR_REPLAYABLE_RETRY_SECONDS"):
+        Config.from_env(offline_env(FOOBAR_REPLAYABLE_RETRY_SECONDS="soon"))
+
+
 def test_replicas_may_be_empty_or_absent():
     env = offline_env(FOOBAR_DB_REPLICAS="")
     assert Config.from_env(env).db.replicas == ()

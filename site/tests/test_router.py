@@ -15,7 +15,14 @@ from foobar.db.nodes import (
     NodeAddress,
     NodeUnavailable,
 )
-from foobar.db.router import BACKOFF_FIRST, BACKOFF_MAX, NoPrimary, Router, RouterEvents
+from foobar.db.router import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    NoPrimary,
+    Router,
+    RouterEvents,
+    limit_retries,
+)
 
 
 def slave_status(io="Yes", sql="Yes", lag=0):
@@ -403,6 +410,29 @@ def test_no_writable_node_then_a_promotion_within_the_budget():
     written = router.write(who)
     assert (written.value, written.role) == ("db2", PRIMARY)
     assert 0.5 <= fake.now - started <= 0.5 + BACKOFF_MAX + 1e-9
+
+
+@pytest.mark.parametrize("limit, waited", [(0.3, 0.3), (9.0, 1.0), (None, 1.0)])
+def test_a_request_s_own_limit_shortens_the_wait_for_a_primary(limit, waited):
+    """A request the proxies may replay waits at most its own limit (never longer than the
+    router's budget); the limit holds for this thread until set again."""
+    # no replica fits (lagging): a read needs the primary too
+    primary, replica = FakeNode("db1", PRIMARY), FakeNode("db2", rows=slave_status(lag=9))
+    fake = FakeTime()
+    router, _ = make_router(replica, primary=primary, clock=fake.clock, sleep=fake.sleep,
+                            write_retry_seconds=1.0)
+    router.view()
+    primary.read_only, primary.rows = True, []  # demoted, not replicating yet
+    limit_retries(limit)
+    try:
+        for work in (router.write, router.read):
+            started = fake.now
+            with pytest.raises(NoPrimary) as caught:
+                work(who)
+            assert caught.value.not_applied
+            assert fake.now - started == pytest.approx(waited)
+    finally:
+        limit_retries(None)
 
 
 def test_zero_budget_means_no_retry():

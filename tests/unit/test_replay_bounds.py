@@ -10,13 +10,14 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
+from foobar.config import Config
 
 from hastack.chaos.load import TIMEOUT as CLIENT_PATIENCE
 
 ROLES = Path(__file__).resolve().parents[2] / "ansible" / "roles"
 DEFAULTS = {role: yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
-            for role in ("web", "loadbalancer")}
-WEB, LB = DEFAULTS["web"], DEFAULTS["loadbalancer"]
+            for role in ("web", "loadbalancer", "app")}
+WEB, LB, APP = DEFAULTS["web"], DEFAULTS["loadbalancer"], DEFAULTS["app"]
 APPS = {"app1": "198.19.0.31", "app2": "198.19.0.32"}
 WEBS = {"web1": "198.19.0.21", "web2": "198.19.0.22"}
 
@@ -87,6 +88,20 @@ def test_the_order_of_the_bounds():
     assert seconds(WEB["web_app_keyed_connect_timeout"]) < app_replay
 
 
+def test_a_request_waiting_for_a_primary_is_answered_before_any_replay_and_retried():
+    """What may be replayed waits for a database primary (a switchover) less than nginx's
+    replay bound, so no proxy replays it while it still waits (held requests multiplied by
+    replays took every app thread: test_42's rolling restart, 102 requests failed); HAProxy
+    retries its 503, one attempt after the other, as long in all as a keyless write waits."""
+    hold = float(APP["app_replayable_retry_seconds"])
+    path = 0.2  # the write itself once a primary exists, and the way back through nginx
+    assert hold + path < seconds(WEB["web_app_replay_timeout"])
+    attempts = int(LB["loadbalancer_retries"]) + 1
+    assert attempts * hold >= Config.write_retry_seconds
+    env = (ROLES / "app" / "templates" / "site.env.j2").read_text()
+    assert "FOOBAR_REPLAYABLE_RETRY_SECONDS={{ app_replayable_retry_seconds }}" in env
+
+
 def test_nginx_replays_reads_and_keyed_posts_and_never_a_keyless_post(nginx):
     keyed = _block(nginx, "upstream foobar_app_keyed {")
     reads = _block(nginx, "upstream foobar_app {")
@@ -113,6 +128,9 @@ def test_haproxy_replays_from_backend_web_only(haproxy):
     defaults = _section(haproxy, "defaults")
     assert f"timeout server {LB['loadbalancer_timeout_server_replay']}" in web
     assert "response-timeout" in defaults  # retry-on: a replay after the bound above
+    retry_on = next(line for line in defaults.splitlines() if "retry-on" in line).split()
+    assert "503" in retry_on  # the site's answer once a replayable request waited its limit
+    assert f"retries {LB['loadbalancer_retries']}" in defaults
     assert "timeout server" not in fresh and "disable-l7-retry" in fresh
     assert f"timeout server {LB['loadbalancer_timeout_server']}" in defaults
     assert seconds(LB["loadbalancer_timeout_server"]) >= 30

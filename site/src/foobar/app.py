@@ -12,7 +12,7 @@ from foobar.config import Config
 from foobar.context import Site
 from foobar.db.gtid import GtidCookie
 from foobar.db.nodes import Node
-from foobar.db.router import Router
+from foobar.db.router import Router, limit_retries
 from foobar.messages import KeyPurger
 from foobar.version import running_version
 
@@ -62,6 +62,15 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     @app.before_request
     def start_clock():
         g.started = time.perf_counter()
+
+    @app.before_request
+    def bound_waits_of_replayable_requests():
+        # What the proxies may send again while it runs (a read; a write whose
+        # Idempotency-Key makes that safe) waits for a primary at most
+        # replayable_retry_seconds, below their replay bound; a keyless write is never
+        # replayed once sent and may wait out a whole switchover (foobar.db.router).
+        replayable = request.method in ("GET", "HEAD") or views.IDEMPOTENCY_HEADER in request.headers
+        limit_retries(config.replayable_retry_seconds if replayable else None)
 
     @app.before_request
     def refuse_long_chunked_bodies():

@@ -45,6 +45,9 @@ class Config:
     replica_read_timeout: float = 0.5
     # How long work on the primary is retried when that is safe (see foobar.db.router).
     write_retry_seconds: float = 5.0
+    # The same for a request the proxies in front may send again while it runs (a read, a
+    # write with an Idempotency-Key header): below their replay bound (foobar.db.router).
+    replayable_retry_seconds: float = 1.0
     # Not an env var: how long the nodes' role/health answers are reused (tests stretch it).
     replica_check_interval: float = 1.0
     # What /healthz reports after the package version; None = a hash of the code.
@@ -63,6 +66,9 @@ class Config:
             # Below gunicorn's 30 s worker timeout, so a waiting request is never killed.
             write_retry_seconds=_seconds(
                 env, "FOOBAR_WRITE_RETRY_SECONDS", 5.0, maximum=WRITE_RETRY_MAX
+            ),
+            replayable_retry_seconds=_seconds(
+                env, "FOOBAR_REPLAYABLE_RETRY_SECONDS", 1.0, maximum=WRITE_RETRY_MAX
             ),
             build=_build(env),
         )

@@ -21,6 +21,15 @@ anything was sent), or after any failure if the caller says it is idempotent (it
 key that makes a second run return the first one's result; foobar.messages). Any other
 write that failed may have committed and is not repeated: the caller gets the error (503).
 
+A request that the proxies in front may send again while it is still running (they replay
+a read or a keyed write that has not been answered within their bound, to get past a server
+that went silent) must not wait longer than that bound: held longer, every held request is
+replayed, each replay is held too, and a switchover of a few seconds multiplies the work
+waiting in the app until no thread is left for anything else (health checks included). Such
+a request sets a shorter budget for itself (`limit_retries`); when it runs out the caller
+gets NoPrimary (a 503 with Retry-After, nothing applied) and the proxies send it again, one
+attempt after the other instead of side by side.
+
 A node that times out or cannot be connected to is marked down in the health cache at once,
 so the requests after the one that found out skip it instead of each paying the timeout.
 """
@@ -32,6 +41,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -46,6 +56,16 @@ log = logging.getLogger(__name__)
 # Pause between attempts on the primary after the first (immediate) retry.
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 0.1
+
+# This request's own limit on waiting for (and retrying on) the primary, if any: one value
+# per thread (a gunicorn gthread worker runs one request at a time per thread).
+_retry_limit: ContextVar[float | None] = ContextVar("foobar_retry_limit", default=None)
+
+
+def limit_retries(seconds: float | None) -> None:
+    """From now on in this thread (this request), work on the primary waits and retries at
+    most `seconds` (None: the router's write_retry_seconds), whichever is shorter."""
+    _retry_limit.set(seconds)
 
 
 class RouterEvents:
@@ -350,11 +370,16 @@ class Router:
 
         After a failure the roles are asked again at once and the work is tried again on
         the primary they name, immediately the first time, then every BACKOFF_FIRST..
-        BACKOFF_MAX seconds, for up to write_retry_seconds in all. While the primary is
+        BACKOFF_MAX seconds, for up to write_retry_seconds in all (or this request's
+        shorter limit_retries). While the primary is
         gone (the last writable node does not answer) nothing waits: NoPrimary at once.
         """
         kind = "write" if transaction else "read"
-        deadline = self._clock() + self.write_retry_seconds
+        budget = self.write_retry_seconds
+        limit = _retry_limit.get()
+        if limit is not None:
+            budget = min(budget, limit)
+        deadline = self._clock() + budget
         delay = 0.0
         while True:
             node = view.primary
