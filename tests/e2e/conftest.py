@@ -111,6 +111,19 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def failures(since: float, **loads: BackgroundLoad) -> str:
+    """The failed requests of finished loads, for an assertion message: how many of each
+    kind, then the first ones in time order (seconds from `since`, kind, status or error,
+    how long it took), which is what tells a dead server from a refusal or a timeout."""
+    failed = sorted(((s, kind) for kind, bg in loads.items() for s in bg.result.samples
+                     if s.failed), key=lambda pair: pair[0].scheduled)
+    counts = ", ".join(f"{kind} {sum(1 for _, k in failed if k == kind)} of {bg.result.sent}"
+                       for kind, bg in loads.items())
+    first = "; ".join(f"+{s.scheduled - since:.2f} s {kind} {s.status or s.error} "
+                      f"{1000 * (s.end - s.start):.0f} ms" for s, kind in failed[:15])
+    return f"failed: {counts}; first: {first}"
+
+
 def more(bg: BackgroundLoad, n: int, what: str) -> None:
     """Wait until n more requests of a background load completed."""
     if not bg.wait_for(len(bg.live) + n, 10 + n / 20):

@@ -19,7 +19,7 @@ from hastack import cluster as dbcluster
 from hastack.chaos import primitives
 from hastack.lab.lab import Lab as LabApi
 
-from .conftest import deploy_vars, load, more, poll, run
+from .conftest import deploy_vars, failures, load, more, poll, run
 
 
 def cluster() -> dict:
@@ -191,7 +191,7 @@ def test_a_rolling_restart_goes_through_the_cluster_and_fails_no_request(lab, no
     failed = [s for r in (writes.result, reads.result) for s in r.samples if s.failed]
     print(f"during the restart ({took:.1f} s): {writes.result.sent} writes, {reads.result.sent} "
           f"reads, {len(failed)} failed")
-    assert not failed, [(s.status, s.error) for s in failed][:10]
+    assert not failed, failures(started, writes=writes, reads=reads)
 
 
 def test_a_deploy_that_changes_mariadbs_configuration_restarts_it_through_the_cluster(
@@ -230,7 +230,7 @@ def test_a_deploy_that_changes_mariadbs_configuration_restarts_it_through_the_cl
         failed = [s for r in (writes.result, reads.result) for s in r.samples if s.failed]
         print(f"deploy + restart of {replica}: {writes.result.sent} writes, "
               f"{reads.result.sent} reads, {len(failed)} failed")
-        assert not failed, [(s.status, s.error) for s in failed][:10]
+        assert not failed, failures(started, writes=writes, reads=reads)
     finally:
         deploy_vars(lab, tmp_path, limit=replica)  # the lab's own value, restarted again
     assert max_connections(replica) == before
