@@ -416,13 +416,15 @@ def test_no_writable_node_then_a_promotion_within_the_budget():
 def test_a_request_s_own_limit_shortens_the_wait_for_a_primary(limit, waited):
     """A request the proxies may replay waits at most its own limit (never longer than the
     router's budget); the limit holds for this thread until set again."""
-    # no replica fits (lagging): a read needs the primary too
-    primary, replica = FakeNode("db1", PRIMARY), FakeNode("db2", rows=slave_status(lag=9))
+    # no read-only node may serve reads (SQL threads stopped on an error): a read needs the
+    # primary too
+    stopped_on_error = [{**slave_status(sql="No")[0], "Last_SQL_Errno": 1062}]
+    primary, replica = FakeNode("db1", PRIMARY), FakeNode("db2", rows=stopped_on_error)
     fake = FakeTime()
     router, _ = make_router(replica, primary=primary, clock=fake.clock, sleep=fake.sleep,
                             write_retry_seconds=1.0)
     router.view()
-    primary.read_only, primary.rows = True, []  # demoted, not replicating yet
+    primary.read_only, primary.rows = True, stopped_on_error
     limit_retries(limit)
     try:
         for work in (router.write, router.read):
@@ -445,11 +447,26 @@ def test_zero_budget_means_no_retry():
     assert primary.transactions == 1 and not any(e[0] == "retry" for e in events.events)
 
 
-def test_reads_wait_for_a_primary_too_when_no_replica_fits():
+def test_mid_switchover_reads_go_to_a_read_only_node_without_waiting():
+    """No node writable, every node answering (a switchover): nothing newer can be written
+    anywhere, so a read-only node serves the read at once, the demoted primary or a replica
+    unfit by lag; a read waiting for the new primary would hold an app thread."""
     primary, replica = FakeNode("db1", PRIMARY), FakeNode("db2", rows=slave_status(lag=9))
     fake = FakeTime()
+    router, events = make_router(replica, primary=primary, clock=fake.clock, sleep=fake.sleep)
+    primary.read_only, primary.rows = True, []  # demoted, not replicating (yet)
+    served = {router.read(who).value for _ in range(4)}
+    assert served == {"db1", "db2"} and fake.sleeps == []
+    assert primary.transactions == replica.transactions == 0
+    assert not any(e[0] == "retry" for e in events.events)
+
+
+def test_reads_wait_for_a_primary_when_no_read_only_node_can_serve():
+    stopped_on_error = [{**slave_status(sql="No")[0], "Last_SQL_Errno": 1062}]
+    primary, replica = FakeNode("db1", PRIMARY), FakeNode("db2", rows=stopped_on_error)
+    fake = FakeTime()
     router, _ = make_router(replica, primary=primary, clock=fake.clock, sleep=fake.sleep)
-    primary.read_only, primary.rows = True, []  # read-only, not replicating (yet)
+    primary.read_only, primary.rows = True, stopped_on_error
     fake.on_sleep = lambda now: setattr(primary, "read_only", False)
     routed = router.read(who)
     assert (routed.value, routed.role) == ("db1", PRIMARY)

@@ -107,8 +107,9 @@ class NodeStatus:
         """A read-only node applying everything it has received (SQL thread running),
         whatever its IO thread says, or one whose replication was stopped or reset without
         an error (a failover cluster repointing its replicas to the node it promotes: the
-        agent applies the relay log first). Only while no primary is reachable: then nothing
-        newer can be written anywhere, and its data is the freshest there is. A replica whose
+        agent applies the relay log first), or the primary a switchover just demoted. Only
+        while no node is writable: then nothing newer can be written anywhere, and its data
+        is as fresh as there is. A replica whose
         SQL thread stopped on an error may be far behind: never."""
         replication = self.replication
         if self.role != REPLICA or replication is None or replication.sql_error:

@@ -11,8 +11,10 @@ not answer: work that needs it fails at once, since a failover takes many second
 Reads prefer a healthy read-only replica (both replication threads running, lag within
 bounds), round-robin, and quietly move to another replica or the primary whenever no
 replica fits, a replica fails mid-read, or the replica cannot show the client's own last
-write in time. While the primary is gone, replicas whose IO thread lost it keep serving
-reads: nothing newer can be written anywhere meanwhile.
+write in time. While no node is writable (the primary gone, or a switchover under way),
+read-only nodes still applying what they have keep serving reads, the replicas whose IO
+thread lost the primary and the demoted primary included: nothing newer can be written
+anywhere meanwhile, and a read that waited for a primary instead would hold an app thread.
 
 Work on the primary is retried, on whatever node is the primary by then, for up to
 `write_retry_seconds`: a read after any failure (reads can be repeated); a write when it
@@ -108,7 +110,7 @@ class RoleView:
     # No node writable, and the last one that was does not answer (or, before any was
     # seen, some node does not): a failure, not a switchover.
     primary_gone: bool = False
-    # While the primary is gone: read-only nodes still applying what they have.
+    # While no node is writable: read-only nodes still applying what they have.
     stale_replicas: tuple[Node, ...] = ()
 
     def status(self, node: Node) -> NodeStatus:
@@ -218,7 +220,8 @@ class Router:
             if last is not None
             else any(not snap.get(n).reachable for n in self.nodes)
         )
-        stale = tuple(n for n in self.nodes if gone and snap.get(n).serves_stale_reads)
+        stale = tuple(n for n in self.nodes
+                      if primary is None and snap.get(n).serves_stale_reads)
         return RoleView(primary, replicas, writable, snap, gone, stale)
 
     def _note(self, snap: Snapshot, primary: Node | None, writable: tuple[Node, ...]) -> None:
