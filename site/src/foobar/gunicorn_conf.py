@@ -43,11 +43,14 @@ METRICS_DIR = _metrics_dir()
 bind = [os.environ.get("FOOBAR_BIND", "127.0.0.1:8000")]
 workers = _workers()
 worker_class = "gthread"
-# Threads per worker: a write is held while no node is writable (a switchover, ~1 s), and a
-# worker whose threads are all holding one does not even finish new TLS handshakes, which
-# nginx then counts as a failed app server (2 threads: 14 writes refused in a switchover at
-# 20 writes/s). Each thread keeps one connection per DB node.
-threads = 6
+# Threads per worker: a write waits in a thread for as long as no node is writable (a
+# switchover: one attempt after another, foobar.db.router), and a worker whose threads all
+# wait does not even finish new TLS handshakes; nginx and HAProxy's checks then count the
+# app server failed. Writes/s x the switchover must fit: 10 writes/s through switchovers of
+# 4-6 s without a primary took all of 6 x 5 workers x 2 app servers (test_42's rolling
+# restart failed reads and writes); 16 leave room. Each thread keeps one connection per DB
+# node it used: 160 app threads stay below MariaDB's max_connections (300).
+threads = 16
 timeout = 30
 # On SIGTERM finish in-flight requests (nginx retries the rest on another app machine).
 graceful_timeout = 20
