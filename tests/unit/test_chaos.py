@@ -8,9 +8,9 @@ import json
 import pytest
 
 from hastack import topology
-from hastack.chaos import catalog, figures, ledger, report
+from hastack.chaos import catalog, figures, goals, ledger, report
 from hastack.chaos.load import MixedLoad, Tag, body_of
-from hastack.chaos.run import verdict
+from hastack.chaos.run import in_flight, recast, verdict
 from hastack.errors import HastackError
 from hastack.loadgen import Sample
 
@@ -330,3 +330,72 @@ def test_the_audit_gives_up_on_a_replica_that_stays_away():
                         "Can't connect to local server through socket")
     with pytest.raises(HastackError, match="ERROR 2002"):
         _sync(_Replicas([lost] * 20), timeout=5)
+
+
+@pytest.mark.parametrize(("fault", "roles", "target"), [
+    ("db1-power-off", {"db1": "primary", "db2": "replica"}, None),
+    ("db1-power-off", {"db1": "replica", "db2": "primary"}, "db1"),
+    ("db1-mariadbd-killed", {"db1": "replica", "db2": "primary", "db3": "replica"}, "db1"),
+    ("db2-power-off", {"db1": "primary", "db2": "replica"}, None),
+    ("db2-link-cut", {"db1": "replica", "db2": "primary"}, "db1"),
+    ("db2-power-off", {"db1": "replica", "db2": "primary", "db3": "replica"}, "db1"),
+    ("web1-power-off", {"db1": "replica", "db2": "primary"}, None),
+])
+def test_a_db_fault_strikes_the_role_its_name_says(fault, roles, target):
+    """An earlier failover swaps primary and replica: the next primary fault must still hit
+    the primary of the moment (a switchover first), a replica fault a replica."""
+    topo = SEED
+    assert recast(catalog.catalog(topo)[fault], roles) == target
+
+
+def _goal_data(**over) -> dict:
+    faults = [
+        {"fault": "lb1-haproxy-killed", "db_role": None, "failed": 1, "in_flight_at_fault": 2,
+         "requests": {"read": {"failed": 1}}},
+        {"fault": "db2-power-off", "db_role": "replica", "failed": 0, "p99_settled_ms": 31.0,
+         "write_refused_max_ms": None, "requests": {"read": {"failed": 0}}},
+        {"fault": "db1-mariadbd-killed", "db_role": "primary", "failed": 3,
+         "p99_settled_ms": 80.0, "write_refused_max_ms": 61.0,
+         "requests": {"read": {"failed": 0}, "write": {"failed": 3}}},
+        {"fault": "db1-power-off", "db_role": "primary", "failed": 0,
+         "write_refused_max_ms": None, "requests": {"read": {"failed": 0}}},
+    ]
+    for name, changes in over.items():
+        next(f for f in faults if f["fault"] == name.replace("_", "-")).update(changes)
+    return {"faults": faults, "audit": {"acknowledged": 10, "lost": 0, "duplicated": 0}}
+
+
+def test_goals_are_judged_from_the_runs_own_figures():
+    rows = {g["goal"]: g for g in goals.judge(_goal_data())}
+    assert all(g["met"] for g in rows.values()), rows
+    assert len(rows) == 5
+    refused = rows["writes refused within 1 s once the primary died"]["measured"]
+    assert refused == "db1-mariadbd-killed: slowest refusal 61 ms, db1-power-off: none refused"
+    # a primary's p99 is not a replica's goal
+    assert rows["a replica's death: p99 under 50 ms from 2 s after it"]["measured"] == \
+        "db2-power-off 31 ms"
+
+
+@pytest.mark.parametrize(("over", "goal"), [
+    ({"db2_power_off": {"p99_settled_ms": 52.3}}, "a replica's death"),
+    ({"db1_power_off": {"write_refused_max_ms": 2038.9}}, "writes refused"),
+    ({"db2_power_off": {"requests": {"read": {"failed": 1}}}}, "no failed read"),
+    ({"lb1_haproxy_killed": {"failed": 3}}, "an LB fault"),
+])
+def test_a_goal_missed_by_a_little_is_missed(over, goal):
+    rows = goals.judge(_goal_data(**over))
+    assert [g["goal"] for g in rows if not g["met"]] == [
+        next(g["goal"] for g in rows if g["goal"].startswith(goal))]
+
+
+def test_in_flight_counts_requests_open_through_the_dying_lbs_vip_at_the_fault():
+    vip_a, vip_b = (str(v.address) for v in SEED.vips)
+
+    def sample(vip, start, end):
+        return Sample(scheduled=start, start=start, end=end, status=200,
+                      tag=Tag("read", vip, None))
+
+    samples = [sample(vip_a, 0.9, 1.1), sample(vip_a, 1.0, 1.2), sample(vip_a, 1.1, 1.3),
+               sample(vip_a, 0.5, 0.9), sample(vip_b, 0.9, 1.1)]
+    assert in_flight(samples, SEED, "lb1", 1.05) == 2
+    assert in_flight(samples, SEED, "lb2", 1.05) == 1

@@ -105,6 +105,10 @@ def markdown(data: dict[str, Any], pngs: dict[str, str]) -> str:
         "",
     ]
     lines += [f"- {v}" for v in data["verdict"]] or ["Every promise kept."]
+    if data.get("goals"):
+        lines += ["", "## Goals", "", "| goal | met | measured |", "|---|---|---|"]
+        lines += [f"| {g['goal']} | {'yes' if g['met'] else '**no**'} | {g['measured']} |"
+                  for g in data["goals"]]
     lines += ["", "## Plots", ""]
     for r in data["faults"]:
         if r["fault"] in pngs:

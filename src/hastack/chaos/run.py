@@ -1,6 +1,8 @@
 """The chaos experiment: one fault at a time under a steady load, healed, then the audit.
 
-For each fault: wait until the whole stack is healthy (chaos.health); start the load; after
+For each fault: wait until the whole stack is healthy (chaos.health); give a DB fault's
+machine the role its name says (a switchover, if an earlier failover swapped them); start
+the load; after
 LEAD_S of normal traffic inject the fault; hold it `fault_seconds`; heal it; wait for full
 health again (that wait is the recovery time); TAIL_S more of load; stop the load. The load
 runs over the whole cycle, so failures while a machine boots back count too. A fault is
@@ -13,6 +15,7 @@ up on every DB node (chaos.ledger).
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import time
@@ -21,8 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.console import Console
+
 from hastack import db
-from hastack.chaos import catalog, detect, figures, health, ledger
+from hastack.chaos import catalog, detect, figures, goals, health, ledger
 from hastack.chaos.catalog import Fault
 from hastack.chaos.load import TIMEOUT, MixedLoad, inspect, resolve
 from hastack.errors import HastackError
@@ -69,10 +74,51 @@ def addresses(plan: Plan) -> tuple[list[str], str]:
     return resolve(plan.topo.domain, server), f"A records of {plan.topo.domain} at {server}"
 
 
+DB_ROLES = {"db-primary": "primary", "db-replica": "replica"}
+
+
+def recast(fault: Fault, roles: dict[str, str]) -> str | None:
+    """The DB node to promote so that the fault's machine has the role its name promises
+    (None: it has). A failover in an earlier fault may have swapped them: `db1-power-off`
+    must power off the primary of the moment, not the replica db1 became."""
+    want = DB_ROLES.get(fault.kind.role)
+    if want is None or roles.get(fault.machine) == want:
+        return None
+    if want == "primary":
+        return fault.machine
+    return next((name for name, role in roles.items()
+                 if role == "replica" and name != fault.machine), None)
+
+
+def cast(plan: Plan, fault: Fault, progress: Progress) -> str | None:
+    """Give a DB fault's machine its role (a switchover, then full health again); the role
+    it has when the fault strikes."""
+    if fault.kind.role not in DB_ROLES:
+        return None
+    roles = {n.name: n.role for n in db.status(plan.fleet)}
+    target = recast(fault, roles)
+    if target is not None:
+        progress(f"{fault.name}: {fault.machine} is the {roles.get(fault.machine)}; "
+                 f"switchover to {target} first")
+        db.switchover(plan.fleet, target, Console(file=io.StringIO(), width=120))
+        health.wait_healthy(plan.fleet, SETTLE_TIMEOUT)
+        roles = {n.name: n.role for n in db.status(plan.fleet)}
+    return roles.get(fault.machine)
+
+
+def in_flight(samples: list[Sample], topo: Topology, lb_name: str, t: float) -> int:
+    """Requests through the VIPs `lb_name` held that had started and not ended at `t`:
+    what a dying LB may take with it."""
+    vips = {vip for vip, owner in health.vip_owners(topo).items() if owner == lb_name}
+    return sum(1 for s in samples
+               if getattr(s.tag, "vip", None) in vips and s.start <= t < s.end)
+
+
 def one_fault(plan: Plan, load: MixedLoad, index: int, fault: Fault, progress: Progress
               ) -> tuple[dict[str, Any], list[Sample]]:
     fleet, topo = plan.fleet, plan.topo
     health.wait_healthy(fleet, SETTLE_TIMEOUT)
+    role = cast(plan, fault, progress)
     bound = LEAD_S + plan.fault_seconds + SETTLE_TIMEOUT + TAIL_S + 30
     t_heal: float | None = None
     t_healthy: float | None = None
@@ -106,12 +152,15 @@ def one_fault(plan: Plan, load: MixedLoad, index: int, fault: Fault, progress: P
         detected = detect.vip_moved(samples, topo, fault.machine, t_inject)
     result = {
         "fault": fault.name,
-        "what": fault.describe(),
+        "what": fault.describe() + (f" (the {role})" if role else ""),
+        "db_role": role,
         "expect": fault.expect,
         "detection_s": None if detected is None else round(detected - t_inject, 3),
         "detection_measured_by": detect.HOW[fault.kind.detect],
         **figures.fault_figures(samples, t_inject, t_heal, t_healthy),
     }
+    if fault.kind.detect == "vip":
+        result["in_flight_at_fault"] = in_flight(samples, topo, fault.machine, t_inject)
     result["promise_broken"] = figures.promise_broken(fault.expect, result["requests"])
     if error:
         result["error"] = error
@@ -146,7 +195,7 @@ def execute(plan: Plan, progress: Progress, command: str = "hastack chaos") -> d
         phase = audit["by_phase"].get(r["fault"], {})
         r["writes_lost"] = phase.get("lost", 0)
         r["writes_applied_twice"] = phase.get("duplicated", 0)
-    return {
+    data = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -162,6 +211,8 @@ def execute(plan: Plan, progress: Progress, command: str = "hastack chaos") -> d
         "audit": audit,
         "verdict": verdict(results, audit),
     }
+    data["goals"] = goals.judge(data)
+    return data
 
 
 def verdict(results: list[dict[str, Any]], audit: dict[str, Any]) -> list[str]:
