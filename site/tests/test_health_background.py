@@ -12,8 +12,10 @@ import pytest
 
 from faults import FullBacklog, SilentListener
 from foobar.db.health import HealthCache, NodeStatus, check_node
+from foobar.db.marks import DownBoard
 from foobar.db.nodes import (
     PRIMARY,
+    TCP_CONNECT_TIMEOUT,
     ConnectSettings,
     Node,
     NodeAddress,
@@ -131,6 +133,62 @@ def test_a_primary_that_times_out_is_marked_down_and_the_next_writes_fail_at_onc
         router.close()
 
 
+def test_a_primary_one_process_found_silent_costs_the_others_no_timeout(tmp_path):
+    """Two workers of one app server (two routers, one board): once the first paid the
+    silent primary's timeout, the second refuses writes at once, without its own; both see
+    the primary again as soon as it answers."""
+    board_dir = tmp_path / "health"
+    routers = []
+    primaries = [SilentNode("db1", PRIMARY, timeout=0.3) for _ in range(2)]
+    for primary in primaries:
+        routers.append(Router(primary, [FakeNode("db2")], check_interval=5.0,
+                              background_checks=True, down_board=DownBoard(board_dir)))
+    first, second = routers
+    try:
+        for router in routers:
+            router.write(who)
+        for primary in primaries:
+            primary.silent.set()
+        took, _ = timed(lambda: pytest.raises(NodeUnavailable, first.write, who))
+        assert took >= 0.3
+        took, _ = timed(lambda: pytest.raises(NoPrimary, second.write, who))
+        assert took < 0.05
+        assert primaries[1].calls_while_silent <= 1  # its checker, woken, sees for itself
+        assert second.read(who).value == "db2"
+        for primary in primaries:
+            primary.silent.clear()
+        deadline = time.monotonic() + 3
+        while any(r.view(newer_than=time.monotonic()).primary is None for r in routers):
+            assert time.monotonic() < deadline, "a mark outlived the node's answer"
+            time.sleep(0.05)
+        assert [r.write(who).value for r in routers] == ["db1", "db1"]
+    finally:
+        for router in routers:
+            router.close()
+
+
+def test_a_mark_older_than_the_last_answer_is_ignored(tmp_path):
+    """A process that heard from the node after another found it silent keeps using it
+    (the other's mark is old news: the node answered since)."""
+    board = DownBoard(tmp_path)
+    primary = FakeNode("db1", PRIMARY)
+    board.post("db1", time.monotonic() - 10)
+    router = Router(primary, [FakeNode("db2")], check_interval=5.0, background_checks=True,
+                    down_board=board)
+    try:
+        assert router.write(who).value == "db1"
+    finally:
+        router.close()
+
+
+def test_a_board_that_cannot_be_written_costs_only_the_sharing(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    board = DownBoard(blocked / "health")
+    board.post("db1", 1.0)  # no exception
+    assert board.marked_at("db1") is None
+
+
 def test_a_cache_nobody_holds_stops_its_checkers():
     node = FakeNode("db1", PRIMARY)
     cache = HealthCache(lambda n: check_node(n, 1.0), interval=0.05, background=True)
@@ -178,6 +236,19 @@ def test_connecting_to_a_silent_port_costs_the_connect_timeout_once(dead_kind):
         )
     # A listener that never greets would otherwise cost the 5 s read timeout.
     assert 0.3 <= took < 1.0
+    assert caught.value.unreachable and caught.value.not_applied
+
+
+def test_a_machine_that_answers_no_syn_costs_only_the_tcp_connect_timeout():
+    """A powered-off or cut-off node: its kernel answers nothing. That is known after
+    TCP_CONNECT_TIMEOUT, not the handshake's whole connect timeout."""
+    settings = ConnectSettings("db", "u", "pw", connect_timeout=1.0, read_timeout=5.0)
+    with FullBacklog() as dead:
+        took, caught = timed(
+            lambda: pytest.raises(NodeUnavailable, connect, NodeAddress("127.0.0.1", dead.port),
+                                  settings)
+        )
+    assert TCP_CONNECT_TIMEOUT <= took < TCP_CONNECT_TIMEOUT + 0.2
     assert caught.value.unreachable and caught.value.not_applied
 
 

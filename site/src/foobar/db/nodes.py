@@ -165,7 +165,16 @@ def parse_address(text: str) -> NodeAddress:
 # quickly: their connect, handshake, read and write each get this long.
 CHECK_TIMEOUT = 0.5
 # A ping or a BEGIN costs a live server nothing: no answer within this means it is silent.
-QUICK_ANSWER_TIMEOUT = CHECK_TIMEOUT
+# Short, because the first request of each app process to meet a primary that just died
+# pays it (the processes do not share what they learnt), and the proxies' retries of its
+# 503 may meet another such process: two of them must stay well inside the 1 s in which a
+# write is refused once the primary is gone. Mistaking a slow moment for death costs a
+# retry (nothing was sent yet) and a check that clears the node again within milliseconds.
+QUICK_ANSWER_TIMEOUT = 0.3
+# A TCP connect is answered by the peer's kernel within a millisecond on a LAN, whatever
+# its load: no answer within this means its machine or its link is gone. (The MariaDB
+# handshake after it, TLS included, has the whole connect_timeout.)
+TCP_CONNECT_TIMEOUT = 0.3
 
 # Per session, for the app's connections:
 # - time_zone: store and read DATETIMEs in UTC whatever the server's zone is;
@@ -188,7 +197,8 @@ class ConnectSettings:
     user: str
     password: str
     tls_ca: str | None = None
-    connect_timeout: float = 1.0  # TCP connect, then again the MariaDB handshake
+    connect_timeout: float = 1.0  # the MariaDB handshake (its TCP connect: at most
+    # TCP_CONNECT_TIMEOUT of it)
     read_timeout: float = 2.0
     write_timeout: float = 2.0
 
@@ -210,7 +220,7 @@ class ConnectSettings:
             "database": self.database,
             "charset": "utf8mb4",
             "autocommit": True,
-            "connect_timeout": self.connect_timeout,
+            "connect_timeout": min(self.connect_timeout, TCP_CONNECT_TIMEOUT),
             # The handshake is bounded by the connect timeout too (see connect()).
             "read_timeout": self.connect_timeout,
             "write_timeout": self.connect_timeout,
@@ -224,7 +234,8 @@ class ConnectSettings:
 
 
 def connect(address: NodeAddress, settings: ConnectSettings) -> pymysql.connections.Connection:
-    """A new connection; the whole handshake within settings.connect_timeout.
+    """A new connection: its TCP connect within TCP_CONNECT_TIMEOUT, each answer of the
+    handshake within settings.connect_timeout.
 
     PyMySQL bounds only the TCP connect by connect_timeout and reads the server's greeting
     with the read timeout, so a server that accepts but never greets (hung, SIGSTOPped)
