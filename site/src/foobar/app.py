@@ -11,6 +11,7 @@ from foobar import errors, metrics, ops, views
 from foobar.config import Config
 from foobar.context import Site
 from foobar.db.gtid import GtidCookie
+from foobar.db.marks import DownBoard
 from foobar.db.nodes import Node
 from foobar.db.router import Router, limit_retries
 from foobar.messages import KeyPurger
@@ -37,6 +38,7 @@ def build_router(config: Config) -> Router:
         check_interval=config.replica_check_interval,
         write_retry_seconds=config.write_retry_seconds,
         events=metrics.PrometheusEvents(),
+        down_board=DownBoard(config.health_dir) if config.health_dir else None,
     )
 
 

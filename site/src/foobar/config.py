@@ -52,6 +52,9 @@ class Config:
     replica_check_interval: float = 1.0
     # What /healthz reports after the package version; None = a hash of the code.
     build: str | None = None
+    # Where this machine's app processes share the nodes they found silent (tmpfs; None:
+    # each process finds out for itself). foobar.db.marks.
+    health_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -71,6 +74,7 @@ class Config:
                 env, "FOOBAR_REPLAYABLE_RETRY_SECONDS", 1.0, maximum=WRITE_RETRY_MAX
             ),
             build=_build(env),
+            health_dir=env.get("FOOBAR_HEALTH_DIR") or None,
         )
 
 

@@ -12,7 +12,8 @@ asks its node once per interval, on a connection of its own with short timeouts
 silent costs its checker a timeout, never a request. A request that finds a node dead
 first (a connect or read that timed out) marks it down at once (`mark_down`), so the
 requests after it skip it instead of each waiting out the same timeout; its checker is
-woken to confirm or clear that within milliseconds.
+woken to confirm or clear that within milliseconds. With a board (foobar.db.marks) the
+mark reaches the machine's other processes too.
 
 A caller that has just seen a write refused or a connection fail can ask for answers newer
 than that moment (`newer_than`): the checkers are woken and the caller waits for every node
@@ -35,6 +36,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
+from foobar.db.marks import DownBoard
 from foobar.db.nodes import PRIMARY, REPLICA, Node, NodeUnavailable
 
 log = logging.getLogger(__name__)
@@ -223,8 +225,10 @@ class HealthCache:
         *,
         background: bool = False,
         min_gap: float = 0.02,
+        board: DownBoard | None = None,
     ):
         self._check = check
+        self.board = board  # marks shared with this machine's other processes (background)
         self.interval = interval
         self._clock = clock
         self._first_wait = first_wait
@@ -281,15 +285,42 @@ class HealthCache:
         Its checker is woken: a node that merely had a slow moment is back within
         milliseconds, a dead one stays down until it answers again.
         """
+        now = self._clock()
         with self._changed:
             current = self._current
             if current is None or node.name not in current.statuses:
                 return
-            self._swap(current.replaced(node, NodeStatus(reachable=False, error=reason),
-                                        self._clock()))
+            self._swap(current.replaced(node, NodeStatus(reachable=False, error=reason), now))
+        if self.background and self.board is not None:
+            self.board.post(node.name, now)
         checker = self._checkers.get(node.name)
         if checker is not None:
             checker.kick()
+
+    def _absorb(self, nodes: list[Node]) -> None:
+        """Take the marks another process of this machine posted since this one last heard
+        from a node: down at once here too, and its checker woken to see for itself."""
+        board = self.board
+        if board is None:
+            return
+        for node in nodes:
+            moment = board.marked_at(node.name)
+            if moment is None:
+                continue
+            with self._changed:
+                current = self._current
+                if current is None:
+                    return
+                status = current.statuses.get(node.name)
+                if (status is None or not status.reachable
+                        or current.checked_at.get(node.name, float("-inf")) >= moment):
+                    continue
+                error = "found silent by another process of this machine"
+                self._swap(current.replaced(node, NodeStatus(reachable=False, error=error),
+                                            moment))
+            checker = self._checkers.get(node.name)
+            if checker is not None:
+                checker.kick()
 
     def close(self) -> None:
         """Stop the background checkers (they also stop once the cache is garbage)."""
@@ -343,6 +374,7 @@ class HealthCache:
         self, nodes: list[Node], newer_than: float | None, wait: float | None
     ) -> Snapshot:
         self._start(nodes)
+        self._absorb(nodes)
         current = self._current
         if current is not None and current.covers(nodes):
             if newer_than is None or current.fresh_since(newer_than, nodes):

@@ -49,6 +49,7 @@ from typing import Any, Generic, TypeVar
 
 from foobar.db import gtid
 from foobar.db.health import UNKNOWN, HealthCache, NodeStatus, Snapshot, check_node
+from foobar.db.marks import DownBoard
 from foobar.db.nodes import PRIMARY, REPLICA, Node, NodeUnavailable
 
 T = TypeVar("T")
@@ -145,9 +146,11 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         background_checks: bool | None = None,
+        down_board: DownBoard | None = None,
     ):
         """background_checks: health checks in background threads (the default with the
-        real clock); with an injected clock they run in the caller, deterministically."""
+        real clock); with an injected clock they run in the caller, deterministically.
+        down_board: dead-node marks shared with this machine's other processes."""
         self.configured_primary = primary  # a hint: preferred if several are writable
         self.nodes: list[Node] = []
         for node in (primary, *replicas):
@@ -167,6 +170,7 @@ class Router:
             interval=check_interval,
             clock=clock,
             background=background_checks,
+            board=down_board,
         )
         self._turn = itertools.count()
         self._view: RoleView | None = None
