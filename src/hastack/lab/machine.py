@@ -2,8 +2,11 @@
 
 Each machine runs in its own cgroup (hs-NAME, in the systemd and unified hierarchies) so that
 every process it owns can be found, and ended by PID, even after the `hastack up` that started
-it was killed. Its overlay is mounted in a private mount namespace, so it vanishes with the
-machine and never shows on the host.
+it was killed. Where the host has cgroup v1's cpu controller, hs-NAME there too: the host's
+cores are shared machine by machine, as separate servers would have their own, instead of
+process by process (a fenced node booting back started dozens of processes at once and
+slowed every other machine's requests for a second). Its overlay is mounted in a private
+mount namespace, so it vanishes with the machine and never shows on the host.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from hastack.errors import HastackError
 from hastack.lab import network
 from hastack.topology import Machine, Topology
 
-CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"),
+                Path("/sys/fs/cgroup/cpu"))
 PUBLIC_IF = "pub"
 PRIVATE_IF = "priv"
 POLL = 0.02  # seconds between looks at processes on their way out
