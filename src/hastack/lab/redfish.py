@@ -106,7 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(self._post)
 
     def _serve(self, route: Callable[[str], Reply]) -> None:
-        """Authenticate, route, answer, log: every request, whatever happens to it."""
+        """Authenticate, route, answer, log: every request, whatever happens to it (and
+        how long it took: a power change that keeps a fence waiting must show)."""
+        started = time.monotonic()
         user, authenticated = self._credentials()
         if not authenticated:
             status, body, note = _error(401, "NoValidSession", "wrong or missing credentials")
@@ -127,7 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.server.record(client=self.client_address[0], user=user,
-                           request=f"{self.command} {self.path}", status=status, result=note)
+                           request=f"{self.command} {self.path}", status=status, result=note,
+                           took_ms=round(1000 * (time.monotonic() - started), 1))
 
     def _credentials(self) -> tuple[str | None, bool]:
         """The user name the client gave (for the log), and whether user and password match."""
