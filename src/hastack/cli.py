@@ -23,7 +23,7 @@ from hastack.chaos import report as chaos_report
 from hastack.chaos import run as chaos_run
 from hastack.errors import HastackError
 from hastack.fleet import Fleet, InventoryFleet
-from hastack.lab.lab import Lab, require_root
+from hastack.lab.lab import Lab, prepare_caches, require_root
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="A highly available www.foobar.com: a one-box lab or your own servers.")
@@ -77,6 +77,23 @@ def up(topology_file: TopologyOpt = None,
     if dns:
         out.print(f"  DNS: dig @{dns[0].public_address} {topo.domain}")
     out.print("  machines: hastack status · shell: hastack ssh web1 · remove: hastack down")
+
+
+@app.command()
+def prepare(topology_file: TopologyOpt = None) -> None:
+    """Build the lab image and the wheelhouses `up` needs, and nothing else (no machines):
+    e.g. in CI while other tests run, so the next `up` finds them ready."""
+    require_root("prepare", "it builds the lab image with debootstrap and chroot")
+    try:
+        topo = _topology(topology_file, Lab())
+    except HastackError:
+        if topology_file is not None or Path("hastack.toml").exists():
+            raise
+        # an unreadable lab record, which `down` clears (the e2e tests' first step): the
+        # topology only says whether monitoring's wheelhouse is needed, so take the seed's
+        topo = topology.load(None)
+    prepare_caches(topo, out)
+    out.print("lab image and wheelhouses ready")
 
 
 @app.command()

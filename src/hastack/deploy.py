@@ -210,6 +210,21 @@ def ensure_tls(inventory: Path, secrets_dir: Path, env: dict[str, str] | None = 
                       site_cert=request.site_cert, site_key=request.site_key)
 
 
+def read_inventory(inventory: Path, secrets_dir: Path) -> dict[str, Any]:
+    """list_inventory with a deploy's Ansible environment, to read once and pass to run()
+    (each ansible-inventory costs a Python start-up, 1-3 s)."""
+    return list_inventory(inventory, _ansible_env(secrets_dir))
+
+
+def wheelhouses(console: Console, monitoring: bool) -> dict[str, str]:
+    """The wheelhouses a deploy ships, as playbook variables: the site's, and the status
+    page's if there are monitoring machines (`hastack prepare` builds the same ones)."""
+    found = {"hastack_wheelhouse": str(wheelhouse.ensure(console))}
+    if monitoring:
+        found["hastack_monitoring_wheelhouse"] = str(wheelhouse.ensure_monitoring(console))
+    return found
+
+
 def _mitogen_strategies() -> str:
     """Where Mitogen's strategy plugins live (installed with hastack)."""
     import ansible_mitogen
@@ -235,26 +250,28 @@ def _ansible_env(secrets_dir: Path) -> dict[str, str]:
 
 def run(inventory: Path, secrets_dir: Path, console: Console,
         extra_vars: dict[str, Any] | None = None, limit: str | None = None,
-        tags: str | None = None) -> dict[str, Any]:
-    """Deploy; returns Ansible's per-host stats or raises HastackError on the first failure."""
+        tags: str | None = None, listing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Deploy; returns Ansible's per-host stats or raises HastackError on the first failure.
+
+    `listing`: the inventory as read_inventory returned it, if the caller already read it.
+    """
     if not inventory.exists():
         raise HastackError(f"{inventory}: no such inventory file")
     secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     secrets_dir.chmod(0o700)
     env = _ansible_env(secrets_dir)
-    listing = list_inventory(inventory, env)
+    if listing is None:
+        listing = list_inventory(inventory, env)
     alerting.check_inventory(listing, inventory)  # receivers, SMTP, extra rules
     tls = ensure_tls(inventory, secrets_dir, env, listing)
-    wheels = wheelhouse.ensure(console)
     variables = {
         "hastack_secrets_dir": str(secrets_dir),
         "hastack_tls_dir": str(tls),
         "hastack_tls_service_domain": pki.SERVICE_DOMAIN,
-        "hastack_wheelhouse": str(wheels),
         "hastack_site_static": str(paths.SITE_DIR / "src/foobar/static"),
+        # the status page's code too, if there are monitoring machines
+        **wheelhouses(console, bool((listing.get("monitoring") or {}).get("hosts"))),
     }
-    if (listing.get("monitoring") or {}).get("hosts"):  # the status page's code
-        variables["hastack_monitoring_wheelhouse"] = str(wheelhouse.ensure_monitoring(console))
     variables.update(extra_vars or {})
     runner_dir = secrets_dir.parent / "runner"
     runner_dir.mkdir(parents=True, exist_ok=True)

@@ -228,8 +228,11 @@ class InventoryFleet(Fleet):
             raise HastackError(f"{self.inventory}: is a lab's inventory (hastack_environment: "
                                "lab); deploy it with the lab's secrets: --secrets-dir "
                                f"{self.inventory.resolve().parent / 'secrets'} (or 'hastack up')")
+        # One ansible-inventory per deploy (1-3 s each): the playbook's reading serves the
+        # deploy and, cached, the topology the database settling needs afterwards.
+        self._listing = deploy.read_inventory(self.inventory, self.secrets)
         done = deploy.run(self.inventory, self.secrets, console,
-                          extra_vars=self.deploy_vars, limit=limit)
+                          extra_vars=self.deploy_vars, limit=limit, listing=self._listing)
         if limit is None or _touches_database(limit, self.require_topology()):
             self.settle_database(console)
         return done

@@ -80,6 +80,9 @@ def _build(console: Console, target: Path, what: str,
                 last = (result.stderr.strip().splitlines() or ["no output"])[-1]
                 raise HastackError(f"building {what} failed: {last}")
     (tmp / "complete").write_text("")
+    if (target / "complete").exists():  # another run (up, prepare) finished it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

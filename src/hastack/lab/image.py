@@ -186,6 +186,12 @@ def build(target: Path, progress: Progress) -> None:
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.monotonic() - started, 1)}
     (tmp / "complete.json").write_text(json.dumps(info, indent=2))
+    if (target / "complete.json").exists():
+        # another run (up, prepare) finished this image meanwhile and machines may boot
+        # from it already: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        progress("image ready (built meanwhile by another run)")
+        return
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

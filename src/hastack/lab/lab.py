@@ -35,13 +35,29 @@ FENCE_PORT = 8443
 FENCE_USER = "hastack-fence"
 
 
-def require_root(what: str) -> None:
+def require_root(what: str, why: str = "it creates network bridges and containers") -> None:
     if os.geteuid() != 0:
-        raise HastackError(f"hastack {what} must run as root (it creates network bridges and "
-                           "containers); run it with sudo")
+        raise HastackError(f"hastack {what} must run as root ({why}); run it with sudo")
 
 
-__all__ = ["Lab", "remote_command", "require_root", "wait_site"]
+__all__ = ["Lab", "prepare_caches", "remote_command", "require_root", "wait_site"]
+
+
+def ensure_image(console: Console) -> Path:
+    """The cached lab image's rootfs, built first if its recipe changed (up and prepare)."""
+    with ui.status(console, "lab image") as status:
+        return image.ensure_image(lambda msg: status.update(f"lab image: {msg}"))
+
+
+def prepare_caches(topo: Topology, console: Console) -> None:
+    """Build the caches `up` of this topology uses, with its own calls (so the same keys),
+    and nothing else (no machine, bridge or lab state): the image and the deploy's
+    wheelhouses. CI builds them while the unit tests run; the later `up` finds them ready."""
+    require_root("prepare", "it builds the lab image with debootstrap and chroot")
+    ensure_image(console)
+    # the lab's inventory has a monitoring group with hosts exactly when the topology has
+    # monitoring machines (inventory.build), which is what deploy.run asks
+    deploy.wheelhouses(console, monitoring=bool(topo.with_role("monitoring")))
 
 
 class Lab(Fleet):
@@ -107,8 +123,7 @@ class Lab(Fleet):
         # Record intent first: whatever happens next, down/up know what may exist.
         self._record(topo)
 
-        with ui.status(console, "lab image") as status:
-            root = image.ensure_image(lambda msg: status.update(f"lab image: {msg}"))
+        root = ensure_image(console)
         self._ensure_ssh_key()
         network.ensure_bridges(topo)
 
@@ -127,12 +142,14 @@ class Lab(Fleet):
         with ui.status(console, "waiting for SSH on every machine"):
             self._wait_ssh(topo)
 
+        # Read once: for the certificates here and for the deploy (1-3 s per reading).
+        listing = deploy.read_inventory(self.inventory, self.secrets)
         # Certificates close to expiry are renewed now, and a renewal counts as a change.
-        deploy.ensure_tls(self.inventory, self.secrets)
+        deploy.ensure_tls(self.inventory, self.secrets, listing=listing)
         self._ensure_fence_device(topo)
         unchanged = self.deployed.exists() and self.deployed.read_text() == self._fingerprint()
         if force_deploy or not unchanged:
-            self._deploy(console)
+            self._deploy(console, listing)
         else:
             console.print("deploy: nothing changed since the last deploy")
         with ui.status(console, "waiting for the site on every virtual IP"):
@@ -154,10 +171,10 @@ class Lab(Fleet):
     def _record(self, topo: Topology) -> None:
         self.state_file.write_text(json.dumps({"topology": topo.to_dict()}, indent=2))
 
-    def _deploy(self, console: Console) -> None:
+    def _deploy(self, console: Console, listing: dict[str, Any] | None = None) -> None:
         """Run the playbook; the lab counts as deployed only once it succeeded."""
         self.deployed.unlink(missing_ok=True)
-        deploy.run(self.inventory, self.secrets, console)
+        deploy.run(self.inventory, self.secrets, console, listing=listing)
         self.settle_database(console)
         self.deployed.write_text(self._fingerprint())
 
