@@ -268,3 +268,21 @@ def test_checks_use_short_timeouts_of_their_own():
     assert checker is node.for_checks() and checker is not node
     assert (checker.settings.connect_timeout, checker.settings.read_timeout) == (0.5, 0.5)
     assert (node.settings.connect_timeout, node.settings.read_timeout) == (1.0, 2.0)
+
+
+def test_a_write_that_finds_the_primary_silent_is_refused_without_waiting_for_the_others():
+    """The replica is slow to answer its checks (a cluster promoting it stops its
+    replication first): the write that found the primary silent does not wait for them."""
+    primary = SilentNode("db1", PRIMARY, timeout=0.3)
+    replica = SilentNode("db2", "replica", timeout=0.3)
+    router, _ = background_router(replica, primary=primary, interval=5.0)
+    try:
+        router.write(who)
+        primary.silent.set()
+        replica.silent.set()
+        # a keyed write: one the router may retry after any failure
+        took, _ = timed(lambda: pytest.raises(NodeUnavailable, router.write, who,
+                                              idempotent=True))
+        assert took < 0.3 + 0.15  # the primary's own timeout, not the replica's check too
+    finally:
+        router.close()

@@ -408,6 +408,11 @@ class Router:
                         raise
                     error = exc
                     reason = "read_only" if exc.read_only else "unavailable"
+                    if exc.unreachable and self.view().primary_gone:
+                        # It went silent and is marked down, and no other node is writable:
+                        # gone, which fresher checks of the others would not change (they
+                        # may be slow to answer while the cluster promotes one of them).
+                        raise error
             seen_at = self._clock()
             remaining = deadline - seen_at
             if remaining <= 0:
