@@ -22,7 +22,7 @@ from foobar.db.nodes import (
     NodeUnavailable,
     connect,
 )
-from foobar.db.router import NoPrimary, Router
+from foobar.db.router import NoPrimary, Router, limit_retries
 from test_router import FakeNode, Recorder, who
 
 
@@ -286,3 +286,34 @@ def test_a_write_that_finds_the_primary_silent_is_refused_without_waiting_for_th
         assert took < 0.3 + 0.15  # the primary's own timeout, not the replica's check too
     finally:
         router.close()
+
+
+def test_a_worker_idle_through_a_switchover_knows_the_new_primary_is_gone_when_it_dies():
+    """The checks saw db1 become the primary while this worker served nothing; db1 then
+    goes silent. Its next keyed write is refused at once (the primary is gone), not held as
+    if the switchover were still under way (every attempt held 1 s: the client gave up)."""
+    old = FakeNode("db2", PRIMARY)
+    new = SilentNode("db1", "replica", timeout=0.3)
+    router, _ = background_router(new, primary=old, interval=0.05)
+    try:
+        assert router.write(who).value == "db2"
+        old.read_only, new.read_only = True, False  # the switchover, seen by the checks only
+        poll_until(lambda: router.health.snapshot().get(new).role == PRIMARY)
+        new.silent.set()
+        poll_until(lambda: not router.health.snapshot().get(new).reachable)
+        limit_retries(1.0)
+        try:
+            took, _ = timed(lambda: pytest.raises(NoPrimary, router.write, who,
+                                                  idempotent=True))
+        finally:
+            limit_retries(None)
+        assert took < 0.1
+    finally:
+        router.close()
+
+
+def poll_until(condition, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

@@ -186,6 +186,10 @@ class Snapshot:
     started_at: float  # when the oldest status in it was asked for (a round's start)
     round: int  # grows with every change
     checked_at: Mapping[str, float] = field(default_factory=dict)
+    # The last node any check of this process found writable, even in a snapshot no request
+    # looked at: a worker idle through a switchover must still know which node was the
+    # primary when that one dies (it is gone, not a switchover to wait for).
+    last_writable: str | None = None
 
     def get(self, node: Node) -> NodeStatus:
         return self.statuses.get(node.name, UNKNOWN)
@@ -205,8 +209,10 @@ class Snapshot:
 
     def replaced(self, node: Node, status: NodeStatus, checked_at: float) -> Snapshot:
         checked = {**self.checked_at, node.name: checked_at}
+        last = node.name if status.role == PRIMARY else self.last_writable
         return Snapshot(
-            {**self.statuses, node.name: status}, min(checked.values()), self.round + 1, checked
+            {**self.statuses, node.name: status}, min(checked.values()), self.round + 1, checked,
+            last,
         )
 
 
@@ -354,6 +360,8 @@ class HealthCache:
                 started,
                 (current.round if current else 0) + 1,
                 dict.fromkeys(statuses, started),
+                next((name for name, st in statuses.items() if st.role == PRIMARY),
+                     current.last_writable if current else None),
             )
             with self._changed:
                 self._swap(snap)

@@ -215,6 +215,9 @@ class Router:
         with self._judging:
             if primary is not None:
                 self._last_writable = primary.name
+            elif snap.last_writable is not None:
+                # the checks saw one writable since this process last judged
+                self._last_writable = snap.last_writable
             last = self._last_writable
             if snap.round > self._judged_round:  # once per change, not per look
                 self._judged_round = snap.round
