@@ -351,7 +351,8 @@ def test_a_db_fault_strikes_the_role_its_name_says(fault, roles, target):
 def _goal_data(**over) -> dict:
     faults = [
         {"fault": "lb1-haproxy-killed", "db_role": None, "failed": 1, "in_flight_at_fault": 2,
-         "requests": {"read": {"failed": 1}}},
+         "requests": {"read": {"failed": 1}}, "healed_at_s": 10.0,
+         "series": [{"t": 0.0, "errors_per_s": 1.0}]},
         {"fault": "db2-power-off", "db_role": "replica", "failed": 0, "p99_settled_ms": 31.0,
          "write_refused_max_ms": None, "requests": {"read": {"failed": 0}}},
         {"fault": "db1-mariadbd-killed", "db_role": "primary", "failed": 3,
@@ -380,7 +381,8 @@ def test_goals_are_judged_from_the_runs_own_figures():
     ({"db2_power_off": {"p99_settled_ms": 52.3}}, "a replica's death"),
     ({"db1_power_off": {"write_refused_max_ms": 2038.9}}, "writes refused"),
     ({"db2_power_off": {"requests": {"read": {"failed": 1}}}}, "no failed read"),
-    ({"lb1_haproxy_killed": {"failed": 3}}, "an LB fault"),
+    ({"lb1_haproxy_killed": {"failed": 3, "series": [{"t": 0.0, "errors_per_s": 3.0}]}},
+     "an LB fault"),
 ])
 def test_a_goal_missed_by_a_little_is_missed(over, goal):
     rows = goals.judge(_goal_data(**over))
@@ -399,3 +401,27 @@ def test_in_flight_counts_requests_open_through_the_dying_lbs_vip_at_the_fault()
                sample(vip_a, 0.5, 0.9), sample(vip_b, 0.9, 1.1)]
     assert in_flight(samples, SEED, "lb1", 1.05) == 2
     assert in_flight(samples, SEED, "lb2", 1.05) == 1
+
+
+def test_an_lb_faults_failures_after_its_heal_are_the_failbacks_and_said_apart():
+    """A VIP going back to its recovered master resets what was in flight through the other
+    LB at that moment: not the dying LB's, so not counted against it, but named."""
+    data = _goal_data(lb1_haproxy_killed={
+        "failed": 2, "in_flight_at_fault": 1,
+        "series": [{"t": -1.0, "errors_per_s": 0.0}, {"t": 0.0, "errors_per_s": 1.0},
+                   {"t": 1.0, "errors_per_s": 0.0},
+                   {"t": 14.0, "errors_per_s": 1.0}]})
+    row = next(g for g in goals.judge(data) if g["goal"].startswith("an LB fault"))
+    assert row["met"], row
+    assert row["measured"] == ("lb1-haproxy-killed 1 of 1; after the heal, as the VIP went "
+                               "back to its master: lb1-haproxy-killed 1")
+    data["faults"][0]["series"][1]["errors_per_s"] = 2.0  # two while it died, one in flight
+    assert not next(g for g in goals.judge(data) if g["goal"].startswith("an LB"))["met"]
+
+
+def test_a_request_sent_just_before_the_lb_died_and_in_flight_then_counts_as_its_death():
+    data = _goal_data(lb1_haproxy_killed={
+        "failed": 1, "in_flight_at_fault": 1,
+        "series": [{"t": -1.0, "errors_per_s": 1.0}, {"t": 0.0, "errors_per_s": 0.0}]})
+    row = next(g for g in goals.judge(data) if g["goal"].startswith("an LB fault"))
+    assert row["met"] and row["measured"] == "lb1-haproxy-killed 1 of 1", row
