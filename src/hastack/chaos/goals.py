@@ -55,13 +55,13 @@ def judge(data: dict[str, Any]) -> list[dict[str, Any]]:
             ", ".join(f"{k} {v:g} ms" for k, v in p99.items())))
     lbs = _faults(data, lambda r: r.get("in_flight_at_fault") is not None)
     if lbs:
-        split = {r["fault"]: failed_before_heal(r) for r in lbs}
-        later = ", ".join(f"{name} {r['failed'] - split[name]}" for name, r in
-                          ((r["fault"], r) for r in lbs) if r["failed"] > split[name])
+        dying = {r["fault"]: failed_before_heal(r) for r in lbs}
+        later = ", ".join(f"{r['fault']} {r['failed'] - dying[r['fault']]}"
+                          for r in lbs if r["failed"] > dying[r["fault"]])
         rows.append(_row(
             "an LB fault fails at most the requests in flight through that LB when it dies",
-            all(split[r["fault"]] <= r["in_flight_at_fault"] for r in lbs),
-            ", ".join(f"{r['fault']} {split[r['fault']]} of {r['in_flight_at_fault']}"
+            all(dying[r["fault"]] <= r["in_flight_at_fault"] for r in lbs),
+            ", ".join(f"{r['fault']} {dying[r['fault']]} of {r['in_flight_at_fault']}"
                       for r in lbs)
             + (f"; after the heal, as the VIP went back to its master: {later}"
                if later else "")))
