@@ -37,8 +37,10 @@ def remote_at(fleet: Fleet, machine: str, command: str) -> float:
 # write. `systemctl kill` goes through systemd's bus and lands milliseconds after it was
 # asked: it is the fallback for kernels without cgroup.kill. Nothing is killed after: the
 # unit's ExecStopPost (HAProxy's tells keepalived) runs as it would after a crash. Then
-# wait until every process killed has exited (gone or a zombie: its sockets are closed),
-# and print both moments.
+# wait until every thread of every process killed has exited (gone or a zombie: its
+# sockets are closed; a process's main thread can be a zombie while its other threads, which
+# share its sockets, are still exiting: seen +2.2 ms vs +5.4 ms for HAProxy on lb1), and
+# print both moments.
 _KILL_UNIT = """python3 -c '
 import os, subprocess, sys, time
 unit = sys.argv[1]
@@ -53,11 +55,17 @@ if found:
         f.write("1")
 else:
     subprocess.run(["systemctl", "kill", "--signal=KILL", unit], check=True)
+def state(path):
+    try:
+        return open(path).read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
 def alive(pid):
     try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
+    return any(state(f"/proc/{pid}/task/{tid}/stat") not in "ZX" for tid in tids)
 deadline = t + 10
 while any(map(alive, pids)) and time.monotonic() < deadline:
     time.sleep(0.0002)
