@@ -18,9 +18,6 @@ from rich.text import Text
 from hastack import backup, cluster, db, dbreseed, dbrestart, lb, promotion, topology
 from hastack import bench as benchmark
 from hastack import status as monitoring_status
-from hastack.chaos import catalog as chaos_catalog
-from hastack.chaos import report as chaos_report
-from hastack.chaos import run as chaos_run
 from hastack.errors import HastackError
 from hastack.fleet import Fleet, InventoryFleet
 from hastack.lab.lab import Lab, prepare_caches, require_root
@@ -416,6 +413,12 @@ def chaos(faults: Annotated[str | None, typer.Option(
     design promises none (reads during a DB fault; every request during a web, app or
     monitoring fault).
     """
+    # imported here: the chaos engine (its load generator, DNS, asyncio) takes 0.2 s to
+    # import, which every other command would pay
+    from hastack.chaos import catalog as chaos_catalog
+    from hastack.chaos import report as chaos_report
+    from hastack.chaos import run as chaos_run
+
     fleet = _fleet(inventory, secrets_dir)
     if list_faults:
         for fault in chaos_catalog.catalog(fleet.require_topology()).values():

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
@@ -282,6 +281,8 @@ def run(inventory: Path, secrets_dir: Path, console: Console,
             progress.handle(event)
             live.update(progress.render())
             return True
+
+        import ansible_runner  # 0.15 s to import: only a deploy needs it
 
         result = ansible_runner.run(
             private_data_dir=str(runner_dir),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import ansible_runner
 import pytest
 
 from hastack import alerting
@@ -172,7 +173,7 @@ def test_deploy_refuses_bad_alerting_before_certificates_or_ansible(monkeypatch,
     monkeypatch.setattr(deploy, "list_inventory", lambda inventory, env=None: bad)
     touched = []
     monkeypatch.setattr(deploy, "ensure_tls", lambda *a, **k: touched.append("tls"))
-    monkeypatch.setattr(deploy.ansible_runner, "run", lambda **k: touched.append("ansible"))
+    monkeypatch.setattr(ansible_runner, "run", lambda **k: touched.append("ansible"))
     with pytest.raises(HastackError, match=r"match.team: unknown routing label") as err:
         deploy.run(inv, tmp_path / "secrets", Console(quiet=True))
     assert touched == [] and "\n" not in str(err.value)

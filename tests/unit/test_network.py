@@ -67,7 +67,7 @@ class _FakeIPRoute:
 def fake(monkeypatch):
     def install(links: dict[str, str], addresses: dict[str, int] | None = None) -> _FakeIPRoute:
         ipr = _FakeIPRoute(links, addresses)
-        monkeypatch.setattr(network, "IPRoute", lambda: ipr)
+        monkeypatch.setattr(network, "_netlink", lambda: ipr)
         monkeypatch.setattr(network, "_set_sysctl", lambda path, value: None)
         return ipr
     return install

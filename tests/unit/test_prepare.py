@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import ansible_runner
 import pytest
 import yaml
 from rich.console import Console
@@ -47,7 +48,7 @@ def _deploy_without_ansible(monkeypatch, tmp_path: Path, listing: dict) -> dict:
     seen: dict = {}
     monkeypatch.setattr(deploy, "list_inventory", lambda *a, **k: pytest.fail("read again"))
     monkeypatch.setattr(deploy, "ensure_tls", lambda *a, **k: tmp_path / "tls")
-    monkeypatch.setattr(deploy.ansible_runner, "run", lambda **k: seen.update(k) or
+    monkeypatch.setattr(ansible_runner, "run", lambda **k: seen.update(k) or
                         SimpleNamespace(rc=0, status="successful", stats={}))
     inv = tmp_path / "inventory.yml"
     inv.write_text("all: {}\n")
@@ -97,7 +98,7 @@ def test_deploy_of_an_inventory_reads_it_once(monkeypatch, tmp_path: Path, build
     monkeypatch.setattr(deploy, "list_inventory",
                         lambda inv, env=None: reads.append(env) or listing)
     monkeypatch.setattr(deploy, "ensure_tls", lambda *a, **k: tmp_path / "tls")
-    monkeypatch.setattr(deploy.ansible_runner, "run",
+    monkeypatch.setattr(ansible_runner, "run",
                         lambda **k: SimpleNamespace(rc=0, status="successful", stats={}))
     settled = []
     monkeypatch.setattr(fleet.Fleet, "settle_database",

@@ -13,10 +13,16 @@ import ipaddress
 import time
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from hastack.errors import HastackError
 from hastack.topology import LAB_SPACE, Topology
+
+
+def _netlink():
+    """A netlink socket (pyroute2's IPRoute), imported when first needed: pyroute2 takes
+    0.4 s to import, which every `hastack` command would pay (`hastack ssh` included)."""
+    from pyroute2 import IPRoute
+
+    return IPRoute()
 
 PREFIX = "hs-"
 PUBLIC_BRIDGE = "hs-pub"
@@ -49,7 +55,7 @@ def _set_sysctl(path: str, value: str) -> None:
 
 def check_conflicts(topo: Topology, owned: set[str]) -> None:
     """Refuse to start when something not ours already uses the lab's names or addresses."""
-    with IPRoute() as ipr:
+    with _netlink() as ipr:
         names = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
         for name, _ in bridges(topo):
             if name in names and name not in owned:
@@ -67,7 +73,7 @@ def check_conflicts(topo: Topology, owned: set[str]) -> None:
 
 
 def ensure_bridges(topo: Topology) -> None:
-    with IPRoute() as ipr:
+    with _netlink() as ipr:
         for name, cidr in bridges(topo):
             mac = bridge_mac(name)
             if not ipr.link_lookup(ifname=name):
@@ -96,7 +102,7 @@ def ensure_bridges(topo: Topology) -> None:
 def attach(ifname: str, bridge: str, timeout: float = 15.0) -> None:
     """Put a machine's host-side veth into a bridge once nspawn has created it."""
     deadline = time.monotonic() + timeout
-    with IPRoute() as ipr:
+    with _netlink() as ipr:
         while True:
             found = ipr.link_lookup(ifname=ifname)
             if found:
@@ -113,7 +119,7 @@ def attach(ifname: str, bridge: str, timeout: float = 15.0) -> None:
 def set_links(names: list[str], up: bool) -> tuple[float, float] | None:
     """Switch devices on or off together (a machine's cables in or out); return the moments
     just before the first and just after the last was switched, or None if none exists."""
-    with IPRoute() as ipr:
+    with _netlink() as ipr:
         found = [i for name in names for i in ipr.link_lookup(ifname=name)]
         if not found:
             return None
@@ -124,14 +130,14 @@ def set_links(names: list[str], up: bool) -> tuple[float, float] | None:
 
 
 def lab_links() -> list[str]:
-    with IPRoute() as ipr:
+    with _netlink() as ipr:
         return [n for n in (link.get_attr("IFLA_IFNAME") for link in ipr.get_links())
                 if n.startswith(PREFIX)]
 
 
 def remove_link(name: str) -> None:
     """Delete one device if it exists (a veth whose machine is gone, say)."""
-    with IPRoute() as ipr:
+    with _netlink() as ipr:
         for index in ipr.link_lookup(ifname=name):
             with contextlib.suppress(Exception):
                 ipr.link("del", index=index)
@@ -139,7 +145,7 @@ def remove_link(name: str) -> None:
 
 def remove_links() -> None:
     """Delete every hs-* device (bridges, and veths left by a crash)."""
-    with IPRoute() as ipr:
+    with _netlink() as ipr:
         for name in lab_links():
             for index in ipr.link_lookup(ifname=name):
                 # a veth may already be gone with its peer
