@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -252,8 +253,10 @@ def db_status(as_json: Annotated[bool, typer.Option(
     """Each database node: role, GTID positions, replication threads, lag, semi-sync; and
     the cluster engine's view (quorum, fencing, resources, failcounts)."""
     fleet = _fleet(inventory)
-    nodes = db.status_dicts(fleet)
-    engine = cluster.status(fleet)
+    with ThreadPoolExecutor(1) as pool:  # the cluster's view while the nodes are asked
+        asked = pool.submit(cluster.status, fleet)
+        nodes = db.status_dicts(fleet)
+        engine = asked.result()
     if as_json:
         print(json.dumps({"nodes": nodes, "cluster": engine}))
         return

@@ -123,6 +123,14 @@ def parse_answer(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return view, parse_quorum(quorum)
 
 
+def _ask(fleet: Fleet, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One node's Pacemaker and quorum views; a node that cannot be asked says why."""
+    try:
+        return parse_answer(fleet.run_on(name, ASK, timeout=15).stdout)
+    except Exception as exc:  # noqa: BLE001 - a node that cannot be asked is reported
+        return {"running": False, "error": str(exc)}, {"running": False, "error": str(exc)}
+
+
 def status(fleet: Fleet) -> dict[str, Any]:
     """Each DB node's own quorum view, plus the cluster view of the first quorate node.
     `engine` is "none" when the topology has no failover cluster (a single DB node)."""
@@ -132,13 +140,8 @@ def status(fleet: Fleet) -> dict[str, Any]:
         return {"engine": "none"}
     members: list[dict[str, Any]] = []
     view: dict[str, Any] | None = None
-    for name in names:
-        try:
-            out = fleet.run_on(name, ASK, timeout=15)
-            crm, quorum = parse_answer(out.stdout)
-        except Exception as exc:  # noqa: BLE001 - a node that cannot be asked is reported
-            crm, quorum = {"running": False, "error": str(exc)}, {"running": False,
-                                                                  "error": str(exc)}
+    for name, (crm, quorum) in zip(names, fleet.on_each(names, lambda n: _ask(fleet, n)),
+                                   strict=True):
         members.append({"name": name, **{f"quorum_{k}" if k in ("running", "error") else k: v
                                          for k, v in quorum.items()}})
         if view is None and crm.get("running") and quorum.get("quorate"):

@@ -127,7 +127,7 @@ def node_status(fleet: Fleet, topo: Topology, node: str) -> NodeStatus:
 
 def status(fleet: Fleet) -> list[NodeStatus]:
     topo = fleet.require_topology()
-    return [node_status(fleet, topo, n) for n in db_nodes(topo)]
+    return fleet.on_each(db_nodes(topo), lambda n: node_status(fleet, topo, n))
 
 
 def status_dicts(fleet: Fleet) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,18 @@ def test_the_labs_own_inventory_needs_the_labs_secrets(tmp_path: Path):
     ("monitoring", False), ("web1", False)])
 def test_a_limited_deploy_settles_the_database_only_when_it_names_db_nodes(limit, touches):
     assert fleet._touches_database(limit, topology.load(None)) is touches
+
+
+def test_on_each_asks_every_machine_at_once_and_answers_in_their_order(servers: Path):
+    """Each ask waits for all the others to have started: asked one after another, the
+    barrier would break (its timeout) instead of letting them through."""
+    names = ["db3", "db1", "db2"]
+    barrier = threading.Barrier(len(names), timeout=5)
+
+    def ask(name: str) -> str:
+        barrier.wait()
+        return name.upper()
+
+    fleet_ = InventoryFleet(servers)
+    assert fleet_.on_each(names, ask) == ["DB3", "DB1", "DB2"]
+    assert fleet_.on_each(["db1"], str.upper) == ["DB1"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +62,7 @@ def read_only(fleet: Fleet, node: str) -> bool | None:
 
 
 def primary_now(fleet: Fleet, nodes: list[str]) -> list[str]:
-    with ThreadPoolExecutor(len(nodes)) as pool:
-        answers = dict(zip(nodes, pool.map(lambda n: read_only(fleet, n), nodes), strict=True))
+    answers = dict(zip(nodes, fleet.on_each(nodes, lambda n: read_only(fleet, n)), strict=True))
     return [n for n, ro in answers.items() if ro is False]
 
 
