@@ -16,6 +16,10 @@ from pathlib import Path
 from hastack.errors import HastackError
 from hastack.topology import LAB_SPACE, Topology
 
+PREFIX = "hs-"
+PUBLIC_BRIDGE = "hs-pub"
+PRIVATE_BRIDGE = "hs-priv"
+
 
 def _netlink():
     """A netlink socket (pyroute2's IPRoute), imported when first needed: pyroute2 takes
@@ -23,10 +27,6 @@ def _netlink():
     from pyroute2 import IPRoute
 
     return IPRoute()
-
-PREFIX = "hs-"
-PUBLIC_BRIDGE = "hs-pub"
-PRIVATE_BRIDGE = "hs-priv"
 
 
 def bridges(topo: Topology) -> list[tuple[str, str]]:
